@@ -1,0 +1,307 @@
+"""Immutable records parsed from the API, and the identity of a trade fill.
+
+Amounts are :class:`~decimal.Decimal` (bodies are decoded with ``parse_float=Decimal``, so no
+float ever touches them), timestamps are aware UTC datetimes, wallets are lowercase.
+
+Trade identity (the API has no trade id, in v1 or v2): ``trade_id`` is the SHA-256 (first 32 hex
+digits) of ``wallet | transaction_hash | asset | side | size (6 decimals) | timestamp | occurrence``.
+``price`` is left out because the API computes it as a float that may differ in its last digits
+between reads and versions; ``occurrence`` numbers fully identical rows of one transaction (0, 1,
+...), so two genuine identical fills stay two rows. All fills of a transaction share its block
+timestamp, and every read re-reads whole seconds, so a read always sees every identical sibling and
+numbers them the same way. Known collision: none for distinct fills; the residual risk is two fills
+of one transaction that differ only by price, which are then counted as identical siblings and still
+kept as two rows (ids differ by occurrence), with the later read's prices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+
+from polycopy_actors.wallets import InvalidWallet, normalize_wallet
+
+SIX_PLACES = Decimal("0.000001")
+#: 2100-01-01: timestamps beyond it are treated as malformed (seconds mistaken for milliseconds).
+MAX_TIMESTAMP = 4102444800
+
+
+class MalformedItem(ValueError):
+    """An API item that cannot be used; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    trade_id: str
+    wallet: str
+    condition_id: str
+    asset: str
+    side: str
+    size: Decimal
+    price: Decimal
+    outcome: str | None
+    outcome_index: int | None
+    title: str | None
+    slug: str | None
+    transaction_hash: str
+    timestamp: int
+
+    @property
+    def traded_at(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp, timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    wallet: str
+    asset: str
+    condition_id: str
+    size: Decimal
+    avg_price: Decimal
+    cur_price: Decimal | None
+    outcome: str | None
+    outcome_index: int | None
+    title: str | None
+    redeemable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    wallet: str
+    type: str
+    condition_id: str
+    timestamp: int
+    transaction_hash: str
+    size: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Market:
+    condition_id: str
+    active: bool
+    closed: bool
+    uma_resolution_status: str | None
+
+    @property
+    def is_closed(self) -> bool:
+        """Closed or resolved: gamma has no single flag (``active`` stays true after resolution)."""
+        return self.closed or (self.uma_resolution_status or "").lower() == "resolved"
+
+
+# --- field readers --------------------------------------------------------------------------------
+
+def _get(item: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in item:
+            return item[name]
+    raise MalformedItem(names[0], "missing")
+
+
+def _text(item: dict[str, Any], *names: str, optional: bool = False) -> str | None:
+    try:
+        value = _get(item, *names)
+    except MalformedItem:
+        if optional:
+            return None
+        raise
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise MalformedItem(names[0], f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decimal(item: dict[str, Any], *names: str, minimum: Decimal | None = Decimal(0)) -> Decimal:
+    value = _get(item, *names)
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, float, str)):
+        raise MalformedItem(names[0], f"expected a number, got {type(value).__name__}")
+    try:
+        dec = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise MalformedItem(names[0], f"not a number: {str(value)[:40]!r}") from None
+    if not dec.is_finite():
+        raise MalformedItem(names[0], "not a finite number")
+    if abs(dec) >= Decimal("1e20"):
+        raise MalformedItem(names[0], "number out of range")
+    if minimum is not None and dec < minimum:
+        raise MalformedItem(names[0], f"must be >= {minimum}, got {dec}")
+    return dec
+
+
+def _timestamp(item: dict[str, Any], *names: str) -> int:
+    value = _get(item, *names)
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise MalformedItem(names[0], f"expected epoch seconds, got {type(value).__name__}")
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise MalformedItem(names[0], "epoch seconds must be whole")
+        value = int(value)
+    if not 0 < value < MAX_TIMESTAMP:
+        raise MalformedItem(names[0], f"out of range: {value}")
+    return value
+
+
+def _int_opt(item: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        if name in item:
+            value = item[name]
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MalformedItem(name, f"expected an integer, got {type(value).__name__}")
+            return value
+    return None
+
+
+def _wallet(item: dict[str, Any], *names: str) -> str:
+    value = _get(item, *names)
+    try:
+        return normalize_wallet(value)
+    except InvalidWallet:
+        raise MalformedItem(names[0], "not a wallet address") from None
+
+
+def _hex(item: dict[str, Any], length: int, *names: str) -> str:
+    value = _text(item, *names)
+    assert value is not None
+    low = value.lower()
+    if len(low) != 2 + length or not low.startswith("0x") or any(c not in "0123456789abcdef" for c in low[2:]):
+        raise MalformedItem(names[0], f"expected 0x + {length} hex")
+    return low
+
+
+def _token(item: dict[str, Any], *names: str) -> str:
+    value = _text(item, *names)
+    assert value is not None
+    if not value.isdigit() or len(value) > 100:
+        raise MalformedItem(names[0], "expected a decimal token id")
+    return value
+
+
+def _bool(item: dict[str, Any], name: str, default: bool = False) -> bool:
+    value = item.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise MalformedItem(name, f"expected true/false, got {type(value).__name__}")
+    return value
+
+
+# --- items -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RawFill:
+    """A trade row before its identity is assigned (identity needs the sibling rows)."""
+
+    wallet: str
+    condition_id: str
+    asset: str
+    side: str
+    size: Decimal
+    price: Decimal
+    outcome: str | None
+    outcome_index: int | None
+    title: str | None
+    slug: str | None
+    transaction_hash: str
+    timestamp: int
+
+    def identity_key(self) -> tuple[str, ...]:
+        size = self.size.quantize(SIX_PLACES, rounding=ROUND_HALF_EVEN)
+        return (self.wallet, self.transaction_hash, self.asset, self.side, f"{size:f}", str(self.timestamp))
+
+
+def parse_fill(item: Any) -> RawFill:
+    """A trade row of v1 ``/trades``, v1 ``/activity`` (type TRADE) or v2 ``/v2/trades``."""
+    if not isinstance(item, dict):
+        raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
+    side = _text(item, "side")
+    if side not in ("BUY", "SELL"):
+        raise MalformedItem("side", f"expected BUY or SELL, got {side!r}")
+    return RawFill(
+        wallet=_wallet(item, "proxyWallet", "proxy_wallet"),
+        condition_id=_hex(item, 64, "conditionId", "condition_id"),
+        asset=_token(item, "asset", "token_id"),
+        side=side,
+        size=_decimal(item, "size"),
+        price=_decimal(item, "price"),
+        outcome=_text(item, "outcome", optional=True),
+        outcome_index=_int_opt(item, "outcomeIndex", "outcome_index"),
+        title=_text(item, "title", optional=True),
+        slug=_text(item, "slug", optional=True),
+        transaction_hash=_hex(item, 64, "transactionHash", "transaction_hash"),
+        timestamp=_timestamp(item, "timestamp"),
+    )
+
+
+def assign_trade_ids(fills: list[RawFill]) -> list[Trade]:
+    """Give every fill its stable ``trade_id`` (see the module docstring)."""
+    seen: Counter[tuple[str, ...]] = Counter()
+    out = []
+    for fill in fills:
+        key = fill.identity_key()
+        occurrence = seen[key]
+        seen[key] += 1
+        digest = hashlib.sha256("|".join((*key, str(occurrence))).encode()).hexdigest()[:32]
+        out.append(Trade(trade_id=digest, **{f: getattr(fill, f) for f in RawFill.__slots__}))
+    return out
+
+
+def parse_position(item: Any) -> Position:
+    """A row of v1 ``/positions`` (camelCase) or v2 ``/v2/positions`` (snake_case)."""
+    if not isinstance(item, dict):
+        raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
+    size = _decimal(item, "size", "current_size")
+    if "curPrice" in item or "cur_price" in item:
+        cur: Decimal | None = _decimal(item, "curPrice", "cur_price")
+    elif "current_value" in item and size > 0:
+        cur = (_decimal(item, "current_value") / size).quantize(SIX_PLACES)
+    else:
+        cur = None
+    return Position(
+        wallet=_wallet(item, "proxyWallet", "proxy_wallet"),
+        asset=_token(item, "asset", "token_id"),
+        condition_id=_hex(item, 64, "conditionId", "condition_id"),
+        size=size,
+        avg_price=_decimal(item, "avgPrice", "avg_price"),
+        cur_price=cur,
+        outcome=_text(item, "outcome", optional=True),
+        outcome_index=_int_opt(item, "outcomeIndex", "outcome_index"),
+        title=_text(item, "title", optional=True),
+        redeemable=_bool(item, "redeemable") or item.get("status") in ("REDEEMABLE", "REDEEMABLE_LOST"),
+    )
+
+
+def parse_activity(item: Any) -> Activity:
+    if not isinstance(item, dict):
+        raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
+    kind = _text(item, "type")
+    assert kind is not None
+    return Activity(
+        wallet=_wallet(item, "proxyWallet", "proxy_wallet"),
+        type=kind,
+        condition_id=_hex(item, 64, "conditionId", "condition_id"),
+        timestamp=_timestamp(item, "timestamp"),
+        transaction_hash=_hex(item, 64, "transactionHash", "transaction_hash"),
+        size=_decimal(item, "size"),
+    )
+
+
+def parse_market(item: Any) -> Market:
+    if not isinstance(item, dict):
+        raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
+    return Market(
+        condition_id=_hex(item, 64, "conditionId"),
+        active=_bool(item, "active"),
+        closed=_bool(item, "closed"),
+        uma_resolution_status=_text(item, "umaResolutionStatus", optional=True),
+    )

@@ -1,0 +1,121 @@
+"""SQL of the service: every statement parameterised, grouped by who uses it.
+
+Functions take an open connection and leave transaction control to the caller.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from polycopy_actors.wallets import normalize_wallets
+
+Conn = psycopg.Connection[Any]
+
+
+# --- follows / traders (CLI) -------------------------------------------------------------------
+
+def follow(conn: Conn, wallets: list[str], follower_id: str) -> int:
+    """Follow wallets (validated first: none is stored if one is invalid). Returns rows added."""
+    clean = normalize_wallets(wallets)
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO follows (follower_id, wallet) SELECT %s, w FROM unnest(%s::text[]) AS w "
+            "ON CONFLICT DO NOTHING",
+            (follower_id, clean),
+        )
+        return cur.rowcount
+
+
+def unfollow(conn: Conn, wallets: list[str], follower_id: str | None) -> int:
+    """Remove follows of these wallets (by one follower, or by everyone when None)."""
+    clean = normalize_wallets(wallets)
+    with conn.cursor() as cur:
+        if follower_id is None:
+            cur.execute("DELETE FROM follows WHERE wallet = ANY(%s)", (clean,))
+        else:
+            cur.execute("DELETE FROM follows WHERE wallet = ANY(%s) AND follower_id = %s", (clean, follower_id))
+        return cur.rowcount
+
+
+def add_traders(conn: Conn, wallets: list[str]) -> int:
+    """Add (or re-activate) cold-tier traders."""
+    clean = normalize_wallets(wallets)
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO traders (wallet, active) SELECT w, true FROM unnest(%s::text[]) AS w "
+            "ON CONFLICT (wallet) DO UPDATE SET active = true, updated_at = now() WHERE NOT traders.active",
+            (clean,),
+        )
+        return cur.rowcount
+
+
+def deactivate_traders(conn: Conn, wallets: list[str]) -> int:
+    clean = normalize_wallets(wallets)
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE traders SET active = false, updated_at = now() WHERE wallet = ANY(%s) AND active",
+            (clean,),
+        )
+        return cur.rowcount
+
+
+# --- tier universes ------------------------------------------------------------------------------
+
+def hot_wallets(conn: Conn) -> list[str]:
+    """The hot tier: followed wallets plus wallets set to tier 'hot'."""
+    rows = conn.execute(
+        "SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot' ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def cold_wallets(conn: Conn) -> list[str]:
+    """The cold tier: active traders that are not hot, least recently polled first."""
+    rows = conn.execute(
+        "SELECT t.wallet FROM traders t LEFT JOIN wallet_poll_state s ON s.wallet = t.wallet "
+        "WHERE t.active AND coalesce(s.tier, 'cold') = 'cold' "
+        "AND NOT EXISTS (SELECT 1 FROM follows f WHERE f.wallet = t.wallet) "
+        "ORDER BY s.last_polled_at NULLS FIRST, t.wallet"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def tier_wallets(conn: Conn, tier: str) -> list[str]:
+    if tier == "hot":
+        return hot_wallets(conn)
+    if tier == "cold":
+        return cold_wallets(conn)
+    raise ValueError(f"unknown tier {tier!r}")
+
+
+# --- per-wallet state (pollers, through the writer) ---------------------------------------------
+
+def load_wallet_state(conn: Conn, wallets: list[str]) -> dict[str, dict[str, Any]]:
+    """Watermark and open positions of each wallet (what a poller needs to resume)."""
+    out: dict[str, dict[str, Any]] = {w: {"last_trade_at": None, "positions": {}} for w in wallets}
+    for wallet, last_trade_at in conn.execute(
+        "SELECT wallet, last_trade_at FROM wallet_poll_state WHERE wallet = ANY(%s)", (wallets,)
+    ).fetchall():
+        out[wallet]["last_trade_at"] = last_trade_at
+    for row in conn.execute(
+        "SELECT wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index, title, "
+        "redeemable, opened_at FROM positions_current WHERE wallet = ANY(%s)",
+        (wallets,),
+    ).fetchall():
+        out[row[0]]["positions"][row[1]] = {
+            "condition_id": row[2], "size": row[3], "avg_price": row[4], "cur_price": row[5],
+            "outcome": row[6], "outcome_index": row[7], "title": row[8], "redeemable": row[9],
+            "opened_at": row[10],
+        }
+    return out
+
+
+def lock_holder(conn: Conn, job_name: str) -> tuple[str, datetime] | None:
+    row = conn.execute(
+        "SELECT locked_by, locked_until FROM job_locks WHERE job_name = %s AND locked_until > clock_timestamp()",
+        (job_name,),
+    ).fetchone()
+    return (row[0], row[1]) if row else None

@@ -1,0 +1,43 @@
+"""Wallet address validation: ``0x`` + 40 hex characters, stored lowercase."""
+
+from __future__ import annotations
+
+import re
+
+_WALLET_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+class InvalidWallet(ValueError):
+    """Raised for a string that is not a wallet address."""
+
+
+def normalize_wallet(value: object) -> str:
+    """Return ``value`` as a lowercase wallet address or raise :class:`InvalidWallet`."""
+    if not isinstance(value, str) or not _WALLET_RE.match(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InvalidWallet(f"invalid wallet address {shown}: expected 0x followed by 40 hex characters")
+    return value.lower()
+
+
+def normalize_wallets(values: list[str]) -> list[str]:
+    """Validate every address; raise naming all invalid ones (none is accepted if any is bad)."""
+    bad: list[str] = []
+    good: list[str] = []
+    for value in values:
+        try:
+            good.append(normalize_wallet(value))
+        except InvalidWallet:
+            bad.append(value)
+    if bad:
+        raise InvalidWallet(
+            "invalid wallet address(es): " + ", ".join(repr(b) for b in bad)
+            + " (expected 0x followed by 40 hex characters)"
+        )
+    return list(dict.fromkeys(good))
+
+
+def shard_of(wallet: str, shards: int) -> int:
+    """Stable shard index of a wallet (same on every machine and Python run)."""
+    if shards <= 1:
+        return 0
+    return int(wallet[2:10], 16) % shards
