@@ -144,6 +144,8 @@ class ReconcileSettings:
 class LoggingSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
     format: Literal["text", "json"]
+    #: A progress line (polls, trades, closes, errors) this often; 0 = never.
+    summary_interval_seconds: float = field(metadata=_rng(ge=0))
 
 
 @dataclass(frozen=True)

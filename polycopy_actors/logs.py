@@ -47,5 +47,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("urllib3", "psycopg.pool", "pykka"):
+    for noisy in ("urllib3", "psycopg.pool", "pykka", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,87 @@
+"""Messages between actors. Work flows by ``tell``; ``ask`` only for queries, with a timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from polycopy_actors.models import Position, Trade
+from polycopy_actors.reconcile import Close
+
+#: Timeout of every ``ask`` (an actor never blocks on another without one).
+ASK_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Raise inside the receiving actor (fault-injection tests)."""
+
+    reason: str = "injected crash"
+
+
+@dataclass(frozen=True)
+class ChildExited:
+    """A child tells its supervisor it failed (from ``on_failure``); ``ref_id`` tells restarts apart."""
+
+    name: str
+    ref_id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Supervisor's periodic liveness check (an ``on_start`` failure never reaches ``on_failure``)."""
+
+
+@dataclass(frozen=True)
+class Acquire:
+    """Ask the RateLimiter for one request's token; answers the seconds to wait."""
+
+    cost: float = 1.0
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Tell the RateLimiter the API answered 429: slow the whole tier."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A poller's "look at your schedule" (it tells itself)."""
+
+
+@dataclass(frozen=True)
+class FlushTick:
+    """The writer's periodic flush."""
+
+
+@dataclass(frozen=True)
+class TierWallets:
+    """Ask the writer for the tier's wallets (it owns the database pool)."""
+
+    tier: str
+
+
+@dataclass(frozen=True)
+class LoadState:
+    """Ask the writer for the wallets' watermarks and open positions (flushes first)."""
+
+    wallets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll of one wallet, for the writer: all of it lands in one transaction."""
+
+    wallet: str
+    tier: str
+    polled_at: datetime
+    ok: bool
+    error: str | None = None
+    trades: tuple[Trade, ...] = ()
+    #: Newest trade time seen (the cursor); written in the same transaction as ``trades``.
+    watermark: datetime | None = None
+    upserts: tuple[tuple[Position, datetime], ...] = ()
+    closes: tuple[Close, ...] = field(default=())

@@ -1,0 +1,312 @@
+"""WalletPoller actor: polls its own wallets, earliest deadline first.
+
+Owns: the wallets of the tier whose hash falls on it, their schedule (cooldown, next-due time), their
+cursors (trade watermarks) and their known open positions, one :class:`PolymarketClient` (one HTTP
+session). Driven by ``tell(Tick)`` that it sends itself, so a crash reaches ``on_failure`` and the
+supervisor. For each poll: trades since the cursor (minus an overlap), the complete positions
+snapshot, and for positions that vanished the wallet's REDEEM activity and gamma's market state; the
+result goes to the DbWriter by ``tell``. It asks (with a timeout) the RateLimiter before every HTTP
+request and the DbWriter for its wallets and their saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import pykka
+
+from polycopy_actors import metrics
+from polycopy_actors.actors.messages import (
+    ASK_TIMEOUT_SECONDS,
+    Acquire,
+    Crash,
+    LoadState,
+    PollResult,
+    Throttle,
+    Tick,
+    TierWallets,
+)
+from polycopy_actors.actors.supervisor import SupervisedMixin
+from polycopy_actors.client import ApiError, PolymarketClient, Stopped
+from polycopy_actors.config import Settings, TierSettings
+from polycopy_actors.metrics import HealthState
+from polycopy_actors.models import Position
+from polycopy_actors.reconcile import Close, Held, classify, diff_positions
+from polycopy_actors.schedule import Schedule
+from polycopy_actors.wallets import shard_of
+
+log = logging.getLogger(__name__)
+
+
+class PassTracker:
+    """``--once``: counts pollers that finished their single pass; sets ``done`` when all have."""
+
+    def __init__(self, pollers: int, done: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._finished: set[int] = set()
+        self._pollers = pollers
+        self._done = done
+
+    def finished(self, index: int) -> None:
+        with self._lock:
+            self._finished.add(index)
+            if len(self._finished) >= self._pollers:
+                self._done.set()
+
+
+class RunStats:
+    """Counters for the shutdown summary line (any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.polls = self.trades = self.closes = self.errors = 0
+
+    def add(self, polls: int = 0, trades: int = 0, closes: int = 0, errors: int = 0) -> None:
+        with self._lock:
+            self.polls += polls
+            self.trades += trades
+            self.closes += closes
+            self.errors += errors
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        with self._lock:
+            return self.polls, self.trades, self.closes, self.errors
+
+    def summary(self, since: tuple[int, int, int, int] = (0, 0, 0, 0)) -> str:
+        polls, trades, closes, errors = (a - b for a, b in zip(self.snapshot(), since))
+        return f"{polls:,} polls, {trades:,} trades, {closes:,} closes, {errors:,} errors"
+
+
+@dataclass(frozen=True)
+class TierContext:
+    """What every poller of a process shares (immutable, or thread-safe objects)."""
+
+    settings: Settings
+    tier: str
+    stopping: threading.Event
+    health: HealthState
+    stats: RunStats
+    shard_index: int = 0
+    shard_count: int = 1
+    once: PassTracker | None = None
+
+    @property
+    def tier_settings(self) -> TierSettings:
+        return self.settings.tier(self.tier)
+
+
+def poller_index(wallet: str, pollers: int) -> int:
+    """Which poller of a shard owns a wallet (other hex digits than the shard hash)."""
+    return int(wallet[10:18], 16) % pollers if pollers > 1 else 0
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
+
+
+class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
+    """See the module docstring."""
+
+    use_daemon_thread = True
+
+    def __init__(self, supervisor: pykka.ActorRef[Any], name: str, index: int, count: int, ctx: TierContext,
+                 limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.child_name = name
+        self.index = index
+        self.count = count
+        self.ctx = ctx
+        self.limiter = limiter
+        self.writer = writer
+        ts = ctx.tier_settings
+        self.schedule = Schedule(ts.wallet_cooldown_seconds, ts.poll_interval_seconds.min,
+                                 ts.poll_interval_seconds.max, random.Random())
+        self.watermarks: dict[str, datetime | None] = {}
+        self.known: dict[str, dict[str, Held]] = {}
+        self.errors: dict[str, int] = {}
+        self.next_refresh = 0.0
+        self.pass_pending: set[str] | None = None
+        self.client: PolymarketClient | None = None
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.client = PolymarketClient(self.ctx.settings.api, acquire=self._acquire, on_rate_limited=self._throttle,
+                                       stop_event=self.ctx.stopping)
+        self.actor_ref.tell(Tick())
+
+    def on_stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def _acquire(self, endpoint: str) -> None:
+        wait = self.limiter.ask(Acquire(), timeout=ASK_TIMEOUT_SECONDS)
+        if wait > 0 and self.ctx.stopping.wait(wait):
+            raise Stopped()
+
+    def _throttle(self, seconds: float) -> None:
+        self.limiter.tell(Throttle(seconds))
+
+    # --- messages -----------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            self._tick()
+        elif isinstance(message, Crash):
+            raise RuntimeError(message.reason)
+        elif message == "wallets":
+            return sorted(self.schedule.wallets())
+        return None
+
+    def _tick(self) -> None:
+        if self.ctx.stopping.is_set():
+            return
+        now = time.monotonic()
+        if now >= self.next_refresh:
+            self._refresh(now)
+        wallet = self.schedule.pop_due(now)
+        if wallet is not None:
+            try:
+                self._poll(wallet)
+            except Stopped:
+                return
+        else:
+            due = self.schedule.next_due()
+            wait = self.ctx.settings.pollers.idle_wait_seconds
+            if due is not None:
+                wait = max(0.0, min(wait, due - now))
+            if self.ctx.stopping.wait(wait):
+                return
+        self.actor_ref.tell(Tick())
+
+    # --- wallets ----------------------------------------------------------------------------------------
+
+    def _mine(self, wallet: str) -> bool:
+        return (shard_of(wallet, self.ctx.shard_count) == self.ctx.shard_index
+                and poller_index(wallet, self.count) == self.index)
+
+    def _refresh(self, now: float) -> None:
+        once = self.ctx.once is not None
+        self.next_refresh = float("inf") if once else now + self.ctx.tier_settings.refresh_interval_seconds
+        try:
+            wallets = [w for w in self.writer.ask(TierWallets(self.ctx.tier), timeout=ASK_TIMEOUT_SECONDS)
+                       if self._mine(w)]
+            current = set(self.schedule.wallets())
+            added = [w for w in wallets if w not in current]
+            removed = current - set(wallets)
+            if added:
+                states = self.writer.ask(LoadState(tuple(added)), timeout=ASK_TIMEOUT_SECONDS)
+        except (pykka.Timeout, pykka.ActorDeadError, Exception) as exc:  # noqa: BLE001 - DB down: retry later
+            log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier, exc)
+            self.next_refresh = now + min(5.0, self.ctx.tier_settings.refresh_interval_seconds)
+            return
+        for wallet in removed:
+            self.schedule.remove(wallet)
+            self.watermarks.pop(wallet, None)
+            self.known.pop(wallet, None)
+            self.errors.pop(wallet, None)
+        for i, wallet in enumerate(added):
+            state = states[wallet]
+            self.watermarks[wallet] = state["last_trade_at"]
+            self.known[wallet] = {
+                asset: Held(Position(wallet, asset, p["condition_id"], p["size"], p["avg_price"], p["cur_price"],
+                                     p["outcome"], p["outcome_index"], p["title"], p["redeemable"]), p["opened_at"])
+                for asset, p in state["positions"].items()
+            }
+            # Stagger first polls a little so a burst of new wallets does not all fall due at once.
+            self.schedule.add(wallet, now + 0.01 * i)
+        if added or removed:
+            log.info("%s: %d wallets (+%d, -%d)", self.child_name, len(self.schedule), len(added), len(removed))
+        if once:
+            self.pass_pending = set(self.schedule.wallets())
+            self._check_pass()
+
+    def _check_pass(self) -> None:
+        if self.pass_pending is not None and not self.pass_pending and self.ctx.once is not None:
+            self.ctx.once.finished(self.index)
+
+    # --- one poll -----------------------------------------------------------------------------------------
+
+    def _poll(self, wallet: str) -> None:
+        assert self.client is not None
+        tier = self.ctx.tier
+        polled_at = datetime.now(timezone.utc)
+        try:
+            result, changes = self._fetch(wallet, polled_at)
+        except ApiError as exc:
+            self.errors[wallet] = self.errors.get(wallet, 0) + 1
+            metrics.WALLET_POLLS.labels(tier, "error").inc()
+            self.ctx.stats.add(polls=1, errors=1)
+            log.warning("poll of %s failed (%s, %d in a row): %s", wallet, exc.kind, self.errors[wallet], exc)
+            self.writer.tell(PollResult(wallet, tier, polled_at, ok=False, error=f"{exc.kind}: {exc}"))
+            self._after(wallet, self.errors[wallet])
+            return
+        self.errors[wallet] = 0
+        self.writer.tell(result)
+        metrics.WALLET_POLLS.labels(tier, "ok").inc()
+        metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
+        self.ctx.health.poll_succeeded()
+        self.ctx.stats.add(polls=1, trades=len(result.trades), closes=len(result.closes))
+        for kind, n in changes.items():
+            if n:
+                metrics.POSITION_CHANGES.labels(kind).inc(n)
+        if result.trades or any(changes.values()):
+            log.debug("polled %s: %d trades, changes %s", wallet, len(result.trades), changes)
+        self._after(wallet, 0)
+
+    def _after(self, wallet: str, errors: int) -> None:
+        if self.pass_pending is not None:
+            if errors == 0 or errors > self.ctx.settings.api.max_retries:
+                self.pass_pending.discard(wallet)
+                self.schedule.park(wallet)
+                self._check_pass()
+                return
+        self.schedule.done(wallet, time.monotonic(), errors)
+
+    def _fetch(self, wallet: str, polled_at: datetime) -> tuple[PollResult, dict[str, int]]:
+        assert self.client is not None
+        api = self.ctx.settings.api
+        watermark = self.watermarks.get(wallet)
+        since = None if watermark is None else max(1, int(watermark.timestamp()) - api.overlap_seconds)
+        trades = self.client.trades_since(wallet, since)
+        snapshot = self.client.positions(wallet)
+        known = self.known.setdefault(wallet, {})
+        d = diff_positions(known, snapshot, time.monotonic(), self.ctx.settings.reconcile.close_grace_seconds)
+        closes: list[Close] = []
+        if d.vanished:
+            earliest = min(h.opened_at for h in d.vanished)
+            redeemed = {a.condition_id for a in self.client.redeems_since(wallet, int(earliest.timestamp()))}
+            others = [h.position.condition_id for h in d.vanished if h.position.condition_id not in redeemed]
+            closed = set(self.client.closed_markets(others)) if others else set()
+            closes = [Close(h, classify(h, redeemed, closed), polled_at) for h in d.vanished]
+        upserts: list[tuple[Position, datetime]] = [(p, polled_at) for p in d.opened]
+        upserts += [(p, known[p.asset].opened_at) for p in d.changed + d.refreshed]
+        # The poll succeeded: update what this poller knows, then hand the result to the writer.
+        for p in d.opened:
+            known[p.asset] = Held(p, polled_at)
+        for p in d.changed + d.refreshed:
+            known[p.asset] = Held(p, known[p.asset].opened_at)
+        for asset in d.reappeared:
+            if asset in known:
+                known[asset] = replace(known[asset], missing_since=None)
+        for held in d.missing:
+            known[held.position.asset] = held
+        for close in closes:
+            known.pop(close.held.position.asset, None)
+        new_mark = max((t.timestamp for t in trades), default=None)
+        if new_mark is not None:
+            mark = _utc(new_mark)
+            self.watermarks[wallet] = mark if watermark is None else max(watermark, mark)
+        result = PollResult(
+            wallet=wallet, tier=self.ctx.tier, polled_at=polled_at, ok=True, trades=tuple(trades),
+            watermark=_utc(new_mark) if new_mark is not None else None, upserts=tuple(upserts), closes=tuple(closes),
+        )
+        changes = {"opened": len(d.opened), "changed": len(d.changed), "closed": len(closes)}
+        return result, changes

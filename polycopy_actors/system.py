@@ -1,0 +1,138 @@
+"""One process's actor tree (DESIGN.md §2) and its run loop.
+
+``ActorSystem.run()`` starts RootSupervisor (rest_for_one: RateLimiter, DbWriter, PollerPool) and
+waits until it is asked to stop, the supervisor gives up (exit 4), the writer gives up on the
+database (exit 3) or, with ``once``, every poller finished its pass. Then it stops the tree in
+reverse order (the writer flushes) within ``shutdown_timeout_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from polycopy_actors.actors.poller import PassTracker, RunStats, TierContext, WalletPollerActor
+from polycopy_actors.actors.rate_limiter import RateLimiterActor
+from polycopy_actors.actors.supervisor import ChildSpec, Supervisor
+from polycopy_actors.actors.writer import DbWriterActor
+from polycopy_actors.config import RateLimit, Settings
+from polycopy_actors.exitcodes import RET_GAVE_UP, RET_OK
+from polycopy_actors.metrics import HealthState
+
+log = logging.getLogger(__name__)
+
+
+class ActorSystem:
+    """Owns the root supervisor of this process. Methods are called from one (the main) thread."""
+
+    def __init__(self, settings: Settings, tier: str, dsn: str, health: HealthState | None = None,
+                 once: bool = False, shard_index: int = 0, shard_count: int = 1) -> None:
+        self.settings = settings
+        self.tier = tier
+        self.dsn = dsn
+        self.health = health or HealthState(settings.metrics.api_failure_window_seconds,
+                                            settings.writer.backlog_alarm_rows)
+        self.once = once
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.stopping = threading.Event()
+        self.done = threading.Event()
+        self.exit_code: int | None = None
+        self.exit_reason: str | None = None
+        self.stats = RunStats()
+        self.root: pykka.ActorRef[Any] | None = None
+
+    # --- callbacks from actors (any thread) ------------------------------------------------------------
+
+    def _give_up(self, reason: str) -> None:
+        if self.exit_code is None:
+            self.exit_code, self.exit_reason = RET_GAVE_UP, reason
+        self.done.set()
+
+    def _fatal(self, code: int, reason: str) -> None:
+        if self.exit_code is None:
+            self.exit_code, self.exit_reason = code, reason
+        self.done.set()
+
+    # --- tree -------------------------------------------------------------------------------------------
+
+    def _specs(self) -> list[ChildSpec]:
+        s = self.settings
+        tier_settings = s.tier(self.tier)
+        # The tier's budget is split between the shard processes.
+        rate = RateLimit(tier_settings.rate_limit.requests_per_second / self.shard_count,
+                         max(1, tier_settings.rate_limit.burst // self.shard_count))
+        pollers = s.pollers.pool_size
+        ctx = TierContext(settings=s, tier=self.tier, stopping=self.stopping, health=self.health, stats=self.stats,
+                          shard_index=self.shard_index, shard_count=self.shard_count,
+                          once=PassTracker(pollers, self.done) if self.once else None)
+        sup = s.supervision
+
+        def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+            return RateLimiterActor.start(parent, "limiter", self.tier, rate)
+
+        def start_writer(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+            return DbWriterActor.start(parent, "writer", s, self.dsn, self.health, self._fatal)
+
+        def start_pool(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+            limiter, writer = sib["limiter"], sib["writer"]
+
+            def poller_spec(i: int) -> ChildSpec:
+                def start(pool: pykka.ActorRef[Any], _s: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+                    return WalletPollerActor.start(pool, f"poller-{i}", i, pollers, ctx, limiter, writer)
+                return ChildSpec(f"poller-{i}", start, stop_timeout=3.0)
+
+            return Supervisor.start("pool", [poller_spec(i) for i in range(pollers)], "one_for_one",
+                                    sup.max_restarts, sup.period_seconds, sup.liveness_interval_seconds,
+                                    supervisor=parent)
+
+        writer_stop = max(2.0, s.shutdown_timeout_seconds - 2.0)
+        return [ChildSpec("limiter", start_limiter), ChildSpec("writer", start_writer, stop_timeout=writer_stop),
+                ChildSpec("pool", start_pool, stop_timeout=4.0)]
+
+    def start(self) -> None:
+        sup = self.settings.supervision
+        self.root = Supervisor.start("root", self._specs(), "rest_for_one", sup.max_restarts, sup.period_seconds,
+                                     sup.liveness_interval_seconds, on_give_up=self._give_up)
+        self.health.running = True
+
+    def stop(self) -> None:
+        """Stop polling, then the tree in reverse order (the writer flushes)."""
+        self.stopping.set()
+        self.health.running = False
+        if self.root is not None:
+            try:
+                self.root.stop(block=True, timeout=self.settings.shutdown_timeout_seconds)
+            except pykka.Timeout:
+                log.error("the actor tree did not stop within %.0f s", self.settings.shutdown_timeout_seconds)
+            except pykka.ActorDeadError:
+                pass
+        self.root = None
+
+    def run(self, stop_requested: threading.Event) -> int:
+        """Run until stopped; return the process exit code."""
+        started = time.monotonic()
+        self.start()
+        every = self.settings.logging.summary_interval_seconds
+        next_summary, last = started + every, self.stats.snapshot()
+        try:
+            while not self.done.wait(0.2):
+                if stop_requested.is_set():
+                    break
+                if every and time.monotonic() >= next_summary:
+                    log.info("tier %s, last %.0f s: %s", self.tier, every, self.stats.summary(last))
+                    next_summary, last = time.monotonic() + every, self.stats.snapshot()
+        finally:
+            self.stop()
+        code = RET_OK if self.exit_code is None else self.exit_code
+        elapsed = time.monotonic() - started
+        if self.exit_reason:
+            log.error("exiting with code %d: %s", code, self.exit_reason)
+        log.info("stopped after %.0f s: %s", elapsed, self.stats.summary())
+        return code
+
+

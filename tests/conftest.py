@@ -1,0 +1,138 @@
+"""Shared fixtures: a real PostgreSQL database per test session (random name, dropped at the end)
+and the project's Polymarket simulator over real HTTP.
+
+The server is ``$POLYCOPY_TEST_DATABASE_URL``, else 127.0.0.1:5432 as ``postgres``, else an embedded
+pgserver started for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pykka
+import pytest
+from psycopg import conninfo
+
+from polycopy_actors.config import Settings, load_settings
+from polycopy_actors.migrate import migrate
+from polycopy_actors.simulator import SimConfig, Simulator, World
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _reachable(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """DSN of a maintenance database on a running server."""
+    dsn = os.environ.get("POLYCOPY_TEST_DATABASE_URL") or DEFAULT_SERVER
+    if _reachable(dsn):
+        yield dsn
+        return
+    import pgserver
+
+    tmp = tempfile.mkdtemp(prefix="polycopy-test-pg-")
+    server = pgserver.get_server(os.path.join(tmp, "pgdata"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _with_db(server_dsn: str, dbname: str) -> str:
+    params = conninfo.conninfo_to_dict(server_dsn)
+    params["dbname"] = dbname
+    return conninfo.make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def fresh_database(pg_server: str) -> Iterator[Any]:
+    """A factory of empty databases with random names, all dropped at the end of the session."""
+    created: list[str] = []
+
+    def make(migrated: bool = True) -> str:
+        name = "polycopy_test_" + secrets.token_hex(6)
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - random identifier made here
+        created.append(name)
+        dsn = _with_db(pg_server, name)
+        if migrated:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                migrate(conn)
+        return dsn
+
+    yield make
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # noqa: S608
+
+
+@pytest.fixture(scope="session")
+def session_db(fresh_database: Any) -> str:
+    """One migrated database shared by the tests that only add rows of their own."""
+    return fresh_database()
+
+
+@pytest.fixture()
+def db(fresh_database: Any) -> str:
+    """A migrated database of this test's own."""
+    return fresh_database()
+
+
+@pytest.fixture()
+def simulator() -> Iterator[Simulator]:
+    world = World(seed=11, markets=6, wallets=6)
+    sim = Simulator(world, SimConfig(seed=11)).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def test_settings(sim: Simulator | None = None, **overrides: Any) -> Settings:
+    """Settings for tests: the development env, pointed at the simulator, fast timings."""
+    base: dict[str, Any] = {
+        "metrics": {"port": 0},
+        "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
+                "backoff_max_seconds": 0.5, "max_retries": 3},
+        "writer": {"flush_interval_seconds": 0.1},
+        "supervision": {"liveness_interval_seconds": 0.2},
+        "logging": {"summary_interval_seconds": 0},
+        "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
+        "tiers": {"hot": {"refresh_interval_seconds": 0.5, "poll_interval_seconds": {"min": 0.2, "max": 0.4},
+                          "wallet_cooldown_seconds": 0.2, "rate_limit": {"requests_per_second": 50, "burst": 20}}},
+    }
+    if sim is not None:
+        base["api"].update(data_api_url=sim.base_url, gamma_api_url=sim.base_url)
+    _deep(base, overrides)
+    return load_settings(env="development", environ={}, overrides=base)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+def _deep(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep(base[key], value)
+        else:
+            base[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(block=True, timeout=10)

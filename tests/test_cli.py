@@ -1,0 +1,72 @@
+"""The command line as a user runs it: follow/unfollow, exit codes, messages without secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+
+W1 = "0x" + "1a" * 20
+W2 = "0x" + "2B" * 20
+
+
+def run(*args: str, dsn: str | None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POLYCOPY_", "DATABASE_URL"))}
+    if dsn is not None:
+        env["DATABASE_URL"] = dsn
+    return subprocess.run([sys.executable, "-m", "polycopy_actors", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_follow_unfollow_round_trip(db):
+    proc = run("follow", W1, W2, "--follower", "alice", dsn=db)
+    assert proc.returncode == 0, proc.stderr
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("SELECT follower_id, wallet FROM follows ORDER BY wallet").fetchall()
+        assert rows == [("alice", W1), ("alice", W2.lower())]
+    assert run("unfollow", W2, dsn=db).returncode == 0
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT wallet FROM follows").fetchall() == [(W1,)]
+        assert conn.execute("SELECT tier FROM wallet_poll_state WHERE wallet = %s", (W2.lower(),)).fetchone() == (
+            "cold",)
+
+
+def test_follow_refuses_all_when_one_address_is_bad(db):
+    proc = run("follow", W1, "0x123", dsn=db)
+    assert proc.returncode == 2
+    assert "0x123" in proc.stderr and "Traceback" not in proc.stderr
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM follows").fetchone() == (0,)
+
+
+def test_unreachable_database_exits_3_without_password():
+    proc = run("--tier", "hot", dsn="postgresql://svc:s3cretpw@127.0.0.1:1/polycopy")
+    assert proc.returncode == 3, proc.stderr
+    assert "127.0.0.1:1" in proc.stderr and "s3cretpw" not in proc.stderr + proc.stdout
+
+
+def test_worker_refuses_an_unmigrated_database(fresh_database):
+    dsn = fresh_database(migrated=False)
+    proc = run("--tier", "hot", dsn=dsn)
+    assert proc.returncode == 2
+    assert "python -m polycopy_actors migrate" in proc.stderr
+    assert run("migrate", dsn=dsn).returncode == 0
+    again = run("migrate", dsn=dsn)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_traders_and_status(db):
+    assert run("traders", "add", W1, dsn=db).returncode == 0
+    assert run("follow", W2, dsn=db).returncode == 0
+    proc = run("status", "--json", dsn=db)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    data = json.loads(proc.stdout)
+    assert data["tiers"]["hot"]["wallets"] == 1 and data["tiers"]["cold"]["wallets"] == 1
+    assert run("traders", "deactivate", W1, dsn=db).returncode == 0
+    assert json.loads(run("status", "--json", dsn=db).stdout)["tiers"]["cold"]["wallets"] == 0
+    text = run("status", dsn=db)
+    assert text.returncode == 0 and "lock_holder" in text.stdout
