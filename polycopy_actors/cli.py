@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default: Any = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--env", default=default, help="config/<env>.yaml overlay (default: $POLYCOPY_ENV or development)")
+    parser.add_argument("--env", default=default,
+                        help="config/<env>.yaml overlay (default: $POLYCOPY_ENV or development)")
     parser.add_argument("--config", default=default, metavar="PATH", help="extra YAML overlay, after --env")
 
 

@@ -84,8 +84,8 @@ def test_constraints_refuse_bad_rows(session_db, sql, params):
 def test_close_rows_are_unique_per_opening(session_db):
     wallet = "0x" + secrets.token_hex(20)
     with psycopg.connect(session_db) as conn:
-        q = ("INSERT INTO positions_closed (wallet, asset, condition_id, size, avg_price, reason, opened_at, closed_at) "
-             "VALUES (%s, '1', %s, 1, 0.5, 'manual_close', '2026-01-01', now())")
+        q = ("INSERT INTO positions_closed (wallet, asset, condition_id, size, avg_price, reason, opened_at, "
+             "closed_at) VALUES (%s, '1', %s, 1, 0.5, 'manual_close', '2026-01-01', now())")
         conn.execute(q, (wallet, CID))
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute(q, (wallet, CID))

@@ -79,7 +79,7 @@ class RunStats:
             return self.polls, self.trades, self.closes, self.errors
 
     def summary(self, since: tuple[int, int, int, int] = (0, 0, 0, 0)) -> str:
-        polls, trades, closes, errors = (a - b for a, b in zip(self.snapshot(), since))
+        polls, trades, closes, errors = (a - b for a, b in zip(self.snapshot(), since, strict=True))
         return f"{polls:,} polls, {trades:,} trades, {closes:,} closes, {errors:,} errors"
 
 

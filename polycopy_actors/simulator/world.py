@@ -90,6 +90,8 @@ class ExpectedClose:
     reason: str
     opened_at: int
     closed_at: int
+    #: Order among fills and other events (the world's sequence).
+    seq: int = 0
 
 
 @dataclass
@@ -119,6 +121,10 @@ class World:
     def _next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def _close(self, close: ExpectedClose) -> None:
+        close.seq = self._next_seq()
+        self.closes.append(close)
 
     def add_market(self) -> SimMarket:
         with self.lock:
@@ -179,7 +185,7 @@ class World:
                 pos.last_event_at = ts
                 if pos.size <= 0:
                     del self.positions[key]
-                    self.closes.append(ExpectedClose(wallet, key[1], market.condition_id, "manual_close",
+                    self._close(ExpectedClose(wallet, key[1], market.condition_id, "manual_close",
                                                      pos.opened_at, ts))
             return fill
 
@@ -214,7 +220,7 @@ class World:
                     continue
                 gone.append(key[1])
                 payout += pos.size if index == market.winner else Decimal(0)
-                self.closes.append(ExpectedClose(wallet, key[1], market.condition_id, "redeemed", pos.opened_at, ts))
+                self._close(ExpectedClose(wallet, key[1], market.condition_id, "redeemed", pos.opened_at, ts))
             self.activity.append(SimActivity(self._next_seq(), wallet, "REDEEM", market, ts, tx, payout))
             return gone
 
@@ -228,7 +234,7 @@ class World:
                 pos = self.positions.pop(key, None)
                 if pos is not None:
                     gone.append(key[1])
-                    self.closes.append(ExpectedClose(wallet, key[1], market.condition_id,
+                    self._close(ExpectedClose(wallet, key[1], market.condition_id,
                                                      "market_closed" if market.closed else "manual_close",
                                                      pos.opened_at, ts))
             self.activity.append(SimActivity(self._next_seq(), wallet, "MERGE", market, ts, _hex(self.rng, 64),
@@ -244,7 +250,7 @@ class World:
             market.archived = True
             for key in [k for k, p in self.positions.items() if p.market is market]:
                 pos = self.positions.pop(key)
-                self.closes.append(ExpectedClose(key[0], key[1], market.condition_id, "market_closed",
+                self._close(ExpectedClose(key[0], key[1], market.condition_id, "market_closed",
                                                  pos.opened_at, ts))
 
     def backlog(self, wallet: str, count: int, end_ts: int | None = None, per_second: int = 3) -> None:

@@ -1,0 +1,284 @@
+"""The hot tier end to end: real PostgreSQL, the simulator over HTTP, the real actor tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pykka
+import pytest
+
+from polycopy_actors import metrics, store
+from polycopy_actors.actors.messages import Crash
+from polycopy_actors.actors.poller import WalletPollerActor
+from polycopy_actors.actors.writer import DbWriterActor
+from polycopy_actors.simulator import SimConfig, Simulator, World
+from polycopy_actors.system import ActorSystem
+from tests.conftest import test_settings
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Bounded poll of the database (or any check): no sleeps standing in for synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Running:
+    """An ActorSystem running in a thread, as ``python -m polycopy_actors`` runs it."""
+
+    def __init__(self, settings: Any, dsn: str, tier: str = "hot", once: bool = False) -> None:
+        self.system = ActorSystem(settings, tier, dsn, once=once)
+        self.stop_event = threading.Event()
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.code = self.system.run(self.stop_event)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def stop(self) -> int | None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        return self.code
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def follow(dsn: str, wallets: list[str]) -> None:
+    with psycopg.connect(dsn) as conn:
+        store.follow(conn, wallets, "test")
+
+
+def db_trades(dsn: str) -> Counter:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT transaction_hash, asset, side, size, extract(epoch FROM traded_at)::bigint "
+                            "FROM trades_public").fetchall()
+    return Counter((r[0], r[1], r[2], Decimal(r[3]).normalize(), r[4]) for r in rows)
+
+
+def truth_trades(world: World, wallets: list[str]) -> Counter:
+    return Counter((f.tx, f.asset, f.side, f.size.normalize(), f.timestamp) for f in world.fills if f.wallet in wallets)
+
+
+def db_positions(dsn: str) -> dict:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT wallet, asset, size, avg_price FROM positions_current").fetchall()
+    return {(r[0], r[1]): (Decimal(r[2]).normalize(), Decimal(r[3]).normalize()) for r in rows}
+
+
+def truth_positions(world: World, wallets: list[str]) -> dict:
+    return {(p["wallet"], p["asset"]): (Decimal(p["size"]).normalize(), Decimal(p["avg_price"]).normalize())
+            for p in world.truth()["positions"] if p["wallet"] in wallets}
+
+
+def db_closes(dsn: str) -> Counter:
+    with psycopg.connect(dsn) as conn:
+        return Counter(conn.execute("SELECT wallet, asset, reason FROM positions_closed").fetchall())
+
+
+def truth_closes(world: World, wallets: list[str]) -> Counter:
+    return Counter((c.wallet, c.asset, c.reason) for c in world.closes if c.wallet in wallets)
+
+
+def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = True) -> bool:
+    """Database == ground truth. Closes count from when the wallet was first polled: positions opened
+    and closed before then were never visible to anyone polling."""
+    with world.lock:
+        t, p = truth_trades(world, wallets), truth_positions(world, wallets)
+        c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
+                    if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
+    got = db_closes(dsn)
+    # With a world stepping faster than the polls, a position can open and close between two polls:
+    # nobody polling can see that one, so then every close written must be a true one.
+    closes_ok = got == c if exact_closes else not (got - c)
+    return db_trades(dsn) == t and db_positions(dsn) == p and closes_ok
+
+
+def track_from_now(world: World) -> None:
+    with world.lock:
+        world.tracking_from = world.seq  # type: ignore[attr-defined]
+
+
+@pytest.fixture()
+def world_sim():
+    world = World(seed=21, markets=6, wallets=8)
+    for _ in range(30):
+        world.step()
+    sim = Simulator(world, SimConfig(seed=21)).start()
+    yield world, sim
+    sim.stop()
+
+
+def _script_every_close_reason(world: World, wallet: str) -> None:
+    m_sell, m_redeem, m_archive, m_merge = (world.add_market() for _ in range(4))
+    world.trade(wallet, m_sell, 0, "BUY", 10)
+    world.trade(wallet, m_sell, 0, "SELL", 4)  # size changed
+    world.trade(wallet, m_redeem, 1, "BUY", 7)
+    world.trade(wallet, m_archive, 0, "BUY", 5)
+    world.trade(wallet, m_merge, 0, "BUY", 3)
+    return m_sell, m_redeem, m_archive, m_merge
+
+
+@pytest.mark.timeout(120)
+def test_followed_wallets_land_with_positions_and_every_close_reason(db, world_sim):
+    world, sim = world_sim
+    followed = world.wallets[:3]
+    follow(db, followed)
+    track_from_now(world)
+    s = test_settings(sim)
+    with Running(s, db) as run:
+        wait_for(lambda: converged(db, world, followed), 30, "the initial state")
+        m_sell, m_redeem, m_archive, m_merge = _script_every_close_reason(world, followed[0])
+        wait_for(lambda: converged(db, world, followed), 30, "the new positions")
+        world.trade(followed[0], m_sell, 0, "SELL", 6)  # manual_close by selling
+        world.resolve(m_redeem, 1)
+        world.redeem(followed[0], m_redeem)  # redeemed
+        world.resolve(m_archive, 1)
+        world.archive(m_archive)  # vanished after resolution, no redeem: market_closed
+        world.merge(followed[0], m_merge)  # vanished without a trade: manual_close
+        wait_for(lambda: converged(db, world, followed), 40, "database == simulator ground truth")
+        reasons = {r for (_w, _a, r) in db_closes(db)}
+        assert {"manual_close", "redeemed", "market_closed"} <= reasons
+        # Unfollowed and never-followed wallets are not polled.
+        with psycopg.connect(db) as conn:
+            store.unfollow(conn, [followed[2]], None)
+        time.sleep(0)  # (no wait needed: the next refresh drops it)
+        wait_for(lambda: followed[2] not in sum((pykka.ActorRegistry.get_by_class(WalletPollerActor)[i].ask("wallets")
+                                                for i in range(2)), []), 10, "the unfollowed wallet to be dropped")
+    assert run.code == 0
+    with psycopg.connect(db) as conn:
+        polled = {r[0] for r in conn.execute("SELECT wallet FROM wallet_poll_state WHERE last_polled_at IS NOT NULL")}
+        assert polled == set(followed)
+    assert len(db_trades(db)) == sum(db_trades(db).values())  # no duplicate rows
+
+
+@pytest.mark.timeout(120)
+def test_v1_and_v2_runs_write_the_same_rows(db, world_sim):
+    world, sim = world_sim
+    followed = world.wallets[:2]
+    follow(db, followed)
+    with Running(test_settings(sim, api={"data_api_version": "v1"}), db, once=True) as run:
+        run.thread.join(timeout=60)
+    assert run.code == 0
+    with psycopg.connect(db) as conn:
+        ids_v1 = {r[0] for r in conn.execute("SELECT trade_id FROM trades_public")}
+    with Running(test_settings(sim, api={"data_api_version": "v2", "overlap_seconds": 10**8}), db, once=True) as run:
+        run.thread.join(timeout=60)
+    assert run.code == 0
+    with psycopg.connect(db) as conn:
+        ids_both = {r[0] for r in conn.execute("SELECT trade_id FROM trades_public")}
+    assert ids_both == ids_v1 and db_trades(db) == truth_trades(world, followed)
+
+
+def _restarts(actor: str) -> float:
+    for metric in metrics.ACTOR_RESTARTS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels["actor"] == actor:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.timeout(120)
+def test_crashed_poller_and_writer_are_restarted_and_nothing_is_lost(db, world_sim):
+    world, sim = world_sim
+    followed = world.wallets[:4]
+    follow(db, followed)
+    track_from_now(world)
+    sim.drive(0.05)
+    writer_before, poller_before = _restarts("writer"), _restarts("poller")
+    with Running(test_settings(sim, writer={"flush_interval_seconds": 0.5}), db) as run:
+        wait_for(lambda: db_trades(db), 20, "first trades")
+        old_writer = pykka.ActorRegistry.get_by_class(DbWriterActor)[0]
+        old_writer.tell(Crash("injected writer crash"))
+        wait_for(lambda: (w := pykka.ActorRegistry.get_by_class(DbWriterActor)) and w[0] != old_writer
+                 and len(pykka.ActorRegistry.get_by_class(WalletPollerActor)) == 2, 10, "a new writer")
+        pykka.ActorRegistry.get_by_class(WalletPollerActor)[0].tell(Crash("injected poller crash"))
+        wait_for(lambda: _restarts("poller") > poller_before, 10, "the poller restart")
+        time.sleep(0)
+        sim.stop_driver()
+        wait_for(lambda: converged(db, world, followed, exact_closes=False), 40,
+                 "database == ground truth after crashes")
+    assert run.code == 0
+    assert _restarts("writer") == writer_before + 1
+
+
+@pytest.mark.timeout(60)
+def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim):
+    world, sim = world_sim
+    follow(db, world.wallets[:1])
+    s = test_settings(sim, supervision={"max_restarts": 2, "period_seconds": 60})
+    run = Running(s, db).__enter__()
+    for i in range(3):
+        current = wait_for(lambda: [w for w in pykka.ActorRegistry.get_by_class(DbWriterActor) if w.is_alive()],
+                           10, "a live writer")[0]
+        current.tell(Crash(f"crash {i}"))
+        wait_for(lambda c=current: not c.is_alive(), 10, "the writer to die")
+    run.thread.join(timeout=30)
+    assert run.code == 4
+
+
+@pytest.mark.timeout(120)
+def test_rate_budget_measured_at_the_simulator(db, world_sim):
+    world, sim = world_sim
+    follow(db, world.wallets[:6])
+    s = test_settings(sim, tiers={"hot": {"rate_limit": {"requests_per_second": 8, "burst": 8},
+                                          "poll_interval_seconds": {"min": 0.05, "max": 0.1},
+                                          "wallet_cooldown_seconds": 0.05}})
+    start = time.time()
+    with Running(s, db):
+        wait_for(lambda: time.time() - start > 8, 15, "eight seconds of polling")
+    elapsed = time.time() - start
+    total = sim.log.snapshot()["total"]
+    assert total <= 8 + 8 * elapsed + 2, f"{total} requests in {elapsed:.1f} s exceeds 8 req/s burst 8"
+    assert total >= 8 * elapsed * 0.5  # and the budget is actually used
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_flushes_buffered_rows_and_exits_0(db, world_sim, tmp_path):
+    world, sim = world_sim
+    followed = world.wallets[:3]
+    follow(db, followed)
+    cfg = tmp_path / "slow-flush.yaml"
+    cfg.write_text("writer:\n  flush_interval_seconds: 600\n  batch_max_rows: 100000\nmetrics:\n  port: 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLYCOPY_")}
+    env.update(DATABASE_URL=db, POLYCOPY_DATA_API_URL=sim.base_url, POLYCOPY_GAMMA_API_URL=sim.base_url)
+    proc = subprocess.Popen([sys.executable, "-m", "polycopy_actors", "--tier", "hot", "--config", str(cfg)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wanted = sum(1 for f in world.fills if f.wallet in followed)
+        wait_for(lambda: sum(n for r, n in sim.log.snapshot()["routes"].items() if r == "/v2/positions") >= 6,
+                 30, "every wallet polled")
+        assert wanted > 0 and not db_trades(db)  # nothing flushed yet: all of it is in the buffer
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.stderr:
+        proc.stderr.close()
+    assert code == 0, stderr
+    assert elapsed < 8
+    assert db_trades(db) == truth_trades(world, followed)
+    assert "stopped after" in stderr and "Traceback" not in stderr
