@@ -253,11 +253,11 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         metrics.WALLET_POLLS.labels(tier, "ok").inc()
         metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
         self.ctx.health.poll_succeeded()
-        self.ctx.stats.add(polls=1, trades=len(result.trades), closes=len(result.closes))
+        self.ctx.stats.add(polls=1, trades=changes.pop("new_trades"), closes=len(result.closes))
         for kind, n in changes.items():
             if n:
                 metrics.POSITION_CHANGES.labels(kind).inc(n)
-        if result.trades or any(changes.values()):
+        if any(changes.values()):
             log.debug("polled %s: %d trades, changes %s", wallet, len(result.trades), changes)
         self._after(wallet, 0)
 
@@ -308,5 +308,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             wallet=wallet, tier=self.ctx.tier, polled_at=polled_at, ok=True, trades=tuple(trades),
             watermark=_utc(new_mark) if new_mark is not None else None, upserts=tuple(upserts), closes=tuple(closes),
         )
-        changes = {"opened": len(d.opened), "changed": len(d.changed), "closed": len(closes)}
+        # Trades past the old watermark are new; the rest are the overlap re-read (upserted again, harmlessly).
+        new_trades = sum(1 for t in trades if watermark is None or t.timestamp > watermark.timestamp())
+        changes = {"opened": len(d.opened), "changed": len(d.changed), "closed": len(closes), "new_trades": new_trades}
         return result, changes
