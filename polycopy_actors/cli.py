@@ -154,9 +154,20 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    mp_dir = None
+    if settings.processes > 1:
+        from polycopy_actors.shards import prepare_multiprocess_metrics  # noqa: PLC0415
+
+        mp_dir = prepare_multiprocess_metrics()  # before any metric exists in this process
     from polycopy_actors.service import run_tier_command  # noqa: PLC0415
 
-    return run_tier_command(settings, args.tier, once=args.once)
+    try:
+        return run_tier_command(settings, args.tier, once=args.once)
+    finally:
+        if mp_dir is not None:
+            from polycopy_actors.shards import cleanup_multiprocess_metrics  # noqa: PLC0415
+
+            cleanup_multiprocess_metrics(mp_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

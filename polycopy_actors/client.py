@@ -294,6 +294,25 @@ class PolymarketClient:
             out.extend(f for f in window if f.timestamp != oldest)
             end = oldest  # the next window re-reads that whole second
 
+    def market_traders(self, condition_ids: list[str], max_rows: int = 1000) -> set[str]:
+        """Wallets in the latest fills of these markets (one page per 20 markets): trader discovery."""
+        seen: set[str] = set()
+        for i in range(0, len(condition_ids), 20):
+            chunk = ",".join(condition_ids[i:i + 20])
+            if self.version == "v2":
+                body = self.get_json(self.api.data_api_url, "/v2/trades",
+                                     {"condition": chunk, "limit": min(max_rows, V2_LIMIT_MAX), "taker_only": "false"},
+                                     "trades")
+                if not isinstance(body, dict):
+                    raise ApiError("malformed", "GET /v2/trades: expected a {data, pagination} envelope")
+                rows = body.get("data") or []
+            else:
+                rows = _v1_list(self.get_json(self.api.data_api_url, "/trades",
+                                              {"market": chunk, "limit": min(max_rows, V1_TRADES_LIMIT_MAX),
+                                               "takerOnly": "false"}, "trades"))
+            seen.update(f.wallet for f in self._parse_rows(rows, parse_fill, "trades", "-"))
+        return seen
+
     # --- positions, activity, markets -----------------------------------------------------------------
 
     def positions(self, wallet: str) -> list[Position]:

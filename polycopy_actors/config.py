@@ -68,6 +68,8 @@ class TierSettings:
     jitter_seconds: float = field(metadata=_rng(ge=0))
     #: Sweep lock time to live; renewed while sweeping.
     lock_ttl_seconds: int = field(metadata=_rng(ge=1))
+    #: A pass over the tier (a sweep, or ``--once``) logs its progress every this many wallets.
+    progress_every_wallets: int = field(metadata=_rng(ge=1))
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,17 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class DiscoverySettings:
+    """Cold-tier trader discovery: wallets seen trading in followed wallets' markets become traders."""
+
+    enabled: bool
+    #: Markets (condition ids) read per sweep, most recently traded by followed wallets first.
+    max_markets: int = field(metadata=_rng(ge=1, le=200))
+    #: New traders added per sweep at most.
+    max_new_traders: int = field(metadata=_rng(ge=0))
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration of one run."""
 
@@ -185,6 +198,7 @@ class Settings:
     supervision: SupervisionSettings
     reconcile: ReconcileSettings
     demo: DemoSettings
+    discovery: DiscoverySettings
     #: From DATABASE_URL only (never from YAML); None = the embedded server.
     database_url: Optional[str] = field(default=None, repr=False)
 

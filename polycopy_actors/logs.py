@@ -30,8 +30,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger (stderr). Safe to call again (replaces the handler)."""
+def setup_logging(level: str = "INFO", fmt: str = "text", shard: str | None = None) -> None:
+    """Configure the root logger (stderr). Safe to call again (replaces the handler).
+    ``shard``: a shard process's name, shown on each of its lines (JSON: a ``shard`` field)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_polycopy", False):
@@ -41,10 +42,16 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+        tag = f"[{shard}] " if shard else ""
+        formatter = logging.Formatter(f"%(asctime)s.%(msecs)03dZ %(levelname)s {tag}%(name)s: %(message)s",
                                       "%Y-%m-%dT%H:%M:%S")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
+    if shard and fmt == "json":
+        def add_shard(record: logging.LogRecord) -> bool:
+            record.shard = shard
+            return True
+        handler.addFilter(add_shard)
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("urllib3", "psycopg.pool", "pykka", "pgserver"):

@@ -57,7 +57,19 @@ LAST_POLL_SUCCESS = Gauge("polycopy_last_successful_poll_timestamp_seconds", "Ti
                           ["tier"], multiprocess_mode="max")
 WATERMARK_LAG = Gauge("polycopy_oldest_watermark_lag_seconds", "now - oldest wallet watermark of the tier",
                       ["tier"], multiprocess_mode="max")
+HEALTHY = Gauge("polycopy_healthy", "1 while this process's /healthz check passes (sharded: the worst shard)",
+                multiprocess_mode="livemin")
 DB_POOL = Gauge("polycopy_db_pool_connections", "Pool statistics", ["state"], multiprocess_mode="livesum")
+
+
+def shards_healthy() -> bool | None:
+    """Multiprocess mode: whether every live shard reports healthy (None: no shard reported yet)."""
+    if not _MP:
+        return None
+    reg = CollectorRegistry()
+    prom_mp.MultiProcessCollector(reg)
+    values = [s.value for fam in reg.collect() if fam.name == "polycopy_healthy" for s in fam.samples]
+    return min(values) >= 1 if values else None
 
 
 def registry_for_exposition() -> CollectorRegistry | None:
@@ -77,10 +89,21 @@ class HealthState:
         self.started = time.monotonic()
         self.api_window = api_failure_window_seconds
         self.backlog_alarm_rows = backlog_alarm_rows
+        #: The process runs (service loop); between two cold sweeps it runs without polling.
         self.running = False
+        self.polling = False
         self.last_poll_success = time.monotonic()
         self.db_down_since: float | None = None
         self.writer_rows = 0
+
+    def polling_started(self) -> None:
+        with self._lock:
+            self.running = self.polling = True
+            self.last_poll_success = time.monotonic()
+
+    def polling_stopped(self) -> None:
+        with self._lock:
+            self.polling = False
 
     def poll_succeeded(self) -> None:
         with self._lock:
@@ -106,7 +129,7 @@ class HealthState:
             if self.writer_rows > self.backlog_alarm_rows:
                 return False, f"writer backed up: {self.writer_rows} rows buffered"
             idle = time.monotonic() - self.last_poll_success
-            if idle > self.api_window:
+            if self.polling and idle > self.api_window:
                 return False, f"no successful poll for {idle:.0f} s"
             return True, "ok"
 

@@ -7,13 +7,18 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from polycopy_actors import store
+from polycopy_actors import metrics, store
 from polycopy_actors.config import Settings
 from polycopy_actors.db import Database, connect, describe_dsn, open_database, wait_reachable
 from polycopy_actors.exitcodes import RET_CONFIG, ExitError
 from polycopy_actors.metrics import HealthState, MetricsServer
+from polycopy_actors.shards import ShardSet
+from polycopy_actors.sweep import PassRunner, SweepLoop, discover_traders
 from polycopy_actors.system import ActorSystem
 
 log = logging.getLogger("polycopy_actors")
@@ -46,11 +51,60 @@ def _start_demo(settings: Settings) -> tuple[Settings, Any]:
     return dataclasses.replace(settings, api=api), sim
 
 
+def _in_process(settings: Settings, tier: str, dsn: str, health: HealthState) -> PassRunner:
+    """The actor system in this process (``processes: 1``)."""
+
+    def run(stop: threading.Event, once: bool, polled_before: datetime | None,
+            keep_going: Callable[[], bool] | None) -> int:
+        system = ActorSystem(settings, tier, dsn, health=health, once=once, polled_before=polled_before)
+        return system.run(stop, keep_going)
+
+    return run
+
+
+def _discovery(settings: Settings, tier: str, dsn: str) -> Callable[[], None] | None:
+    if not settings.discovery.enabled:
+        return None
+    from polycopy_actors.client import ApiError, PolymarketClient  # noqa: PLC0415
+    from polycopy_actors.ratelimit import TokenBucket  # noqa: PLC0415
+
+    rate = settings.tier(tier).rate_limit
+    bucket = TokenBucket(rate.requests_per_second, rate.burst, time.monotonic())
+
+    def discover() -> None:
+        client = PolymarketClient(settings.api, acquire=lambda endpoint: time.sleep(bucket.reserve(time.monotonic())))
+        try:
+            discover_traders(settings, dsn, client)
+        except ApiError as exc:
+            log.warning("trader discovery skipped this sweep: %s", exc)
+        finally:
+            client.close()
+
+    return discover
+
+
+def _health_check(health: HealthState, shards: ShardSet | None) -> Callable[[], tuple[bool, str]]:
+    if shards is None:
+        return health.check
+
+    def check() -> tuple[bool, str]:
+        ok, reason = health.check()
+        if not ok:
+            return ok, reason
+        if shards.procs:
+            alive, wanted = shards.alive()
+            if alive < wanted:
+                return False, f"{wanted - alive} of {wanted} shards down"
+            if metrics.shards_healthy() is False:
+                return False, "a shard is unhealthy (see its log lines)"
+        return True, "ok"
+
+    return check
+
+
 def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
-    """``python -m polycopy_actors --tier T``: returns the exit code."""
-    if settings.processes > 1:
-        raise ExitError(RET_CONFIG, f"processes: {settings.processes}: sharded runs are not available in this "
-                                    "version; use processes: 1")
+    """``python -m polycopy_actors --tier T``: returns the exit code. With ``processes > 1`` the
+    caller has prepared the multiprocess metrics directory first (see :mod:`polycopy_actors.shards`)."""
     from polycopy_actors.cli import prepare_schema  # noqa: PLC0415
 
     stop = threading.Event()
@@ -60,6 +114,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         settings, sim = _start_demo(settings)
     db: Database = open_database(settings)
     metrics_server = None
+    health = HealthState(settings.metrics.api_failure_window_seconds, settings.writer.backlog_alarm_rows)
     try:
         wait_reachable(db.dsn, settings)
         prepare_schema(db, settings)
@@ -67,24 +122,33 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
             wallets = sim.world.wallets[: settings.demo.wallets]
             with connect(db.dsn, settings) as conn, conn.transaction():
                 store.follow(conn, wallets, "demo")
+                store.add_traders(conn, sim.world.wallets[settings.demo.wallets:])
             log.info("demo: following %d simulated wallets: %s", len(wallets), ", ".join(wallets))
         ts = settings.tier(tier)
         log.info(
-            "starting tier %s (env %s): database %s%s, data API %s (%s), %s req/s burst %d, %d pollers, "
-            "schedule %s", tier, settings.env, describe_dsn(db.dsn), " (embedded)" if db.embedded else "",
+            "starting tier %s (env %s): database %s%s, data API %s (%s), %s req/s burst %d, %d process(es) x %d "
+            "pollers, schedule %s", tier, settings.env, describe_dsn(db.dsn), " (embedded)" if db.embedded else "",
             settings.api.data_api_url, settings.api.data_api_version, f"{ts.rate_limit.requests_per_second:g}",
-            ts.rate_limit.burst, settings.pollers.pool_size, ts.schedule,
+            ts.rate_limit.burst, settings.processes, settings.pollers.pool_size, ts.schedule,
         )
-        health = HealthState(settings.metrics.api_failure_window_seconds, settings.writer.backlog_alarm_rows)
+        shards = ShardSet(settings, tier, db.dsn) if settings.processes > 1 else None
+        runner: PassRunner = shards if shards is not None else _in_process(settings, tier, db.dsn, health)
         if settings.metrics.port:
             try:
-                metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port, health.check).start()
+                metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port,
+                                               _health_check(health, shards)).start()
             except OSError as exc:
                 raise ExitError(RET_CONFIG, f"metrics.port {settings.metrics.port}: cannot listen ({exc.strerror})"
                                 ) from None
-        system = ActorSystem(settings, tier, db.dsn, health=health, once=once)
-        return system.run(stop)
+        health.running = True
+        if shards is not None:
+            health.polling_stopped()  # the shards poll; the parent only watches them
+        if ts.schedule == "sweep":
+            loop = SweepLoop(settings, tier, db.dsn, runner, once, discover=_discovery(settings, tier, db.dsn))
+            return loop.run(stop)
+        return runner(stop, once, None, None)
     finally:
+        health.running = False
         if metrics_server is not None:
             metrics_server.stop()
         db.close()

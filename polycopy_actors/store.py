@@ -72,23 +72,55 @@ def hot_wallets(conn: Conn) -> list[str]:
     return [r[0] for r in rows]
 
 
-def cold_wallets(conn: Conn) -> list[str]:
-    """The cold tier: active traders that are not hot, least recently polled first."""
+def cold_wallets(conn: Conn, polled_before: datetime | None = None) -> list[str]:
+    """The cold tier: active traders that are not hot, least recently polled first (so an
+    interrupted sweep resumes where it stopped); with ``polled_before``, only those not polled since."""
     rows = conn.execute(
         "SELECT t.wallet FROM traders t LEFT JOIN wallet_poll_state s ON s.wallet = t.wallet "
         "WHERE t.active AND coalesce(s.tier, 'cold') = 'cold' "
         "AND NOT EXISTS (SELECT 1 FROM follows f WHERE f.wallet = t.wallet) "
-        "ORDER BY s.last_polled_at NULLS FIRST, t.wallet"
+        "AND (%(before)s::timestamptz IS NULL OR s.last_polled_at IS NULL OR s.last_polled_at < %(before)s) "
+        "ORDER BY s.last_polled_at NULLS FIRST, t.wallet",
+        {"before": polled_before},
     ).fetchall()
     return [r[0] for r in rows]
 
 
-def tier_wallets(conn: Conn, tier: str) -> list[str]:
+def tier_wallets(conn: Conn, tier: str, polled_before: datetime | None = None) -> list[str]:
     if tier == "hot":
         return hot_wallets(conn)
     if tier == "cold":
-        return cold_wallets(conn)
+        return cold_wallets(conn, polled_before)
     raise ValueError(f"unknown tier {tier!r}")
+
+
+def discover_traders(conn: Conn, wallets: list[str], limit: int) -> int:
+    """Add wallets seen trading as cold traders; never re-activates a deactivated one, never a followed one."""
+    clean = normalize_wallets(wallets)[:limit]
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO traders (wallet, active) SELECT w, true FROM unnest(%s::text[]) AS w "
+            "WHERE NOT EXISTS (SELECT 1 FROM follows f WHERE f.wallet = w) ON CONFLICT (wallet) DO NOTHING",
+            (clean,),
+        )
+        return cur.rowcount
+
+
+def followed_markets(conn: Conn, limit: int) -> list[str]:
+    """Condition ids the hot tier's wallets hold or traded lately, most recent first."""
+    rows = conn.execute(
+        "SELECT condition_id FROM ("
+        "  SELECT condition_id, max(updated_at) AS seen FROM positions_current p "
+        "  WHERE p.wallet IN (SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot')"
+        "  GROUP BY condition_id"
+        "  UNION ALL"
+        "  SELECT condition_id, max(traded_at) FROM trades_public t "
+        "  WHERE t.wallet IN (SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot')"
+        "  AND t.traded_at > now() - interval '30 days' GROUP BY condition_id"
+        ") m GROUP BY condition_id ORDER BY max(seen) DESC LIMIT %s",
+        (limit,),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 # --- per-wallet state (pollers, through the writer) ---------------------------------------------

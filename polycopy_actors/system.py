@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pykka
 
+from polycopy_actors import metrics
 from polycopy_actors.actors.poller import PassTracker, RunStats, TierContext, WalletPollerActor
 from polycopy_actors.actors.rate_limiter import RateLimiterActor
 from polycopy_actors.actors.supervisor import ChildSpec, Supervisor
@@ -30,7 +33,8 @@ class ActorSystem:
     """Owns the root supervisor of this process. Methods are called from one (the main) thread."""
 
     def __init__(self, settings: Settings, tier: str, dsn: str, health: HealthState | None = None,
-                 once: bool = False, shard_index: int = 0, shard_count: int = 1) -> None:
+                 once: bool = False, shard_index: int = 0, shard_count: int = 1,
+                 polled_before: datetime | None = None) -> None:
         self.settings = settings
         self.tier = tier
         self.dsn = dsn
@@ -44,6 +48,8 @@ class ActorSystem:
         self.exit_code: int | None = None
         self.exit_reason: str | None = None
         self.stats = RunStats()
+        self.tracker = PassTracker(settings.pollers.pool_size, self.done) if once else None
+        self.polled_before = polled_before
         self.root: pykka.ActorRef[Any] | None = None
 
     # --- callbacks from actors (any thread) ------------------------------------------------------------
@@ -69,7 +75,7 @@ class ActorSystem:
         pollers = s.pollers.pool_size
         ctx = TierContext(settings=s, tier=self.tier, stopping=self.stopping, health=self.health, stats=self.stats,
                           shard_index=self.shard_index, shard_count=self.shard_count,
-                          once=PassTracker(pollers, self.done) if self.once else None)
+                          once=self.tracker, polled_before=self.polled_before)
         sup = s.supervision
 
         def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
@@ -98,12 +104,12 @@ class ActorSystem:
         sup = self.settings.supervision
         self.root = Supervisor.start("root", self._specs(), "rest_for_one", sup.max_restarts, sup.period_seconds,
                                      sup.liveness_interval_seconds, on_give_up=self._give_up)
-        self.health.running = True
+        self.health.polling_started()
 
     def stop(self) -> None:
         """Stop polling, then the tree in reverse order (the writer flushes)."""
         self.stopping.set()
-        self.health.running = False
+        self.health.polling_stopped()
         if self.root is not None:
             try:
                 self.root.stop(block=True, timeout=self.settings.shutdown_timeout_seconds)
@@ -113,17 +119,38 @@ class ActorSystem:
                 pass
         self.root = None
 
-    def run(self, stop_requested: threading.Event) -> int:
-        """Run until stopped; return the process exit code."""
+    def _pass_label(self) -> str:
+        label = "cold sweep" if self.settings.tier(self.tier).schedule == "sweep" else f"tier {self.tier} pass"
+        return label if self.shard_count == 1 else f"{label} (shard {self.shard_index + 1}/{self.shard_count})"
+
+    def _log_progress(self, started: float) -> None:
+        assert self.tracker is not None
+        swept, total = self.tracker.progress()
+        elapsed = max(time.monotonic() - started, 1e-3)
+        rate = self.stats.snapshot_requests() / elapsed
+        eta = (total - swept) * elapsed / swept if swept else float("nan")
+        eta_text = "-" if eta != eta else f"{eta / 60:.0f} min" if eta >= 60 else f"{eta:.0f} s"
+        log.info("%s %s/%s wallets, %.1f req/s, ETA %s", self._pass_label(), f"{swept:,}", f"{total:,}", rate,
+                 eta_text)
+
+    def run(self, stop_requested: threading.Event, keep_going: Callable[[], bool] | None = None) -> int:
+        """Run until stopped (``stop_requested``, or ``keep_going`` answering False: a lost lock);
+        return the process exit code. ``keep_going`` is called from this (the main) thread."""
         started = time.monotonic()
         self.start()
         every = self.settings.logging.summary_interval_seconds
         next_summary, last = started + every, self.stats.snapshot()
+        step = self.settings.tier(self.tier).progress_every_wallets
+        next_progress = step
         try:
             while not self.done.wait(0.2):
-                if stop_requested.is_set():
+                metrics.HEALTHY.set(1 if self.health.check()[0] else 0)
+                if stop_requested.is_set() or (keep_going is not None and not keep_going()):
                     break
-                if every and time.monotonic() >= next_summary:
+                if self.tracker is not None and self.tracker.progress()[0] >= next_progress:
+                    self._log_progress(started)
+                    next_progress = (self.tracker.progress()[0] // step + 1) * step
+                elif every and time.monotonic() >= next_summary:
                     log.info("tier %s, last %.0f s: %s", self.tier, every, self.stats.summary(last))
                     next_summary, last = time.monotonic() + every, self.stats.snapshot()
         finally:
@@ -132,7 +159,7 @@ class ActorSystem:
         elapsed = time.monotonic() - started
         if self.exit_reason:
             log.error("exiting with code %d: %s", code, self.exit_reason)
+        if self.tracker is not None:
+            self._log_progress(started)
         log.info("stopped after %.0f s: %s", elapsed, self.stats.summary())
         return code
-
-

@@ -6,12 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from decimal import Decimal
-from typing import Any
 
 import psycopg
 import pykka
@@ -22,100 +17,8 @@ from polycopy_actors.actors.messages import Crash
 from polycopy_actors.actors.poller import WalletPollerActor
 from polycopy_actors.actors.writer import DbWriterActor
 from polycopy_actors.simulator import SimConfig, Simulator, World
-from polycopy_actors.system import ActorSystem
 from tests.conftest import test_settings
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Bounded poll of the database (or any check): no sleeps standing in for synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-
-
-class Running:
-    """An ActorSystem running in a thread, as ``python -m polycopy_actors`` runs it."""
-
-    def __init__(self, settings: Any, dsn: str, tier: str = "hot", once: bool = False) -> None:
-        self.system = ActorSystem(settings, tier, dsn, once=once)
-        self.stop_event = threading.Event()
-        self.code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.code = self.system.run(self.stop_event)
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def stop(self) -> int | None:
-        self.stop_event.set()
-        self.thread.join(timeout=30)
-        return self.code
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-def follow(dsn: str, wallets: list[str]) -> None:
-    with psycopg.connect(dsn) as conn:
-        store.follow(conn, wallets, "test")
-
-
-def db_trades(dsn: str) -> Counter:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT transaction_hash, asset, side, size, extract(epoch FROM traded_at)::bigint "
-                            "FROM trades_public").fetchall()
-    return Counter((r[0], r[1], r[2], Decimal(r[3]).normalize(), r[4]) for r in rows)
-
-
-def truth_trades(world: World, wallets: list[str]) -> Counter:
-    return Counter((f.tx, f.asset, f.side, f.size.normalize(), f.timestamp) for f in world.fills if f.wallet in wallets)
-
-
-def db_positions(dsn: str) -> dict:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT wallet, asset, size, avg_price FROM positions_current").fetchall()
-    return {(r[0], r[1]): (Decimal(r[2]).normalize(), Decimal(r[3]).normalize()) for r in rows}
-
-
-def truth_positions(world: World, wallets: list[str]) -> dict:
-    return {(p["wallet"], p["asset"]): (Decimal(p["size"]).normalize(), Decimal(p["avg_price"]).normalize())
-            for p in world.truth()["positions"] if p["wallet"] in wallets}
-
-
-def db_closes(dsn: str) -> Counter:
-    with psycopg.connect(dsn) as conn:
-        return Counter(conn.execute("SELECT wallet, asset, reason FROM positions_closed").fetchall())
-
-
-def truth_closes(world: World, wallets: list[str]) -> Counter:
-    return Counter((c.wallet, c.asset, c.reason) for c in world.closes if c.wallet in wallets)
-
-
-def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = True) -> bool:
-    """Database == ground truth. Closes count from when the wallet was first polled: positions opened
-    and closed before then were never visible to anyone polling."""
-    with world.lock:
-        t, p = truth_trades(world, wallets), truth_positions(world, wallets)
-        c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
-                    if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
-    got = db_closes(dsn)
-    # With a world stepping faster than the polls, a position can open and close between two polls:
-    # nobody polling can see that one, so then every close written must be a true one.
-    closes_ok = got == c if exact_closes else not (got - c)
-    return db_trades(dsn) == t and db_positions(dsn) == p and closes_ok
-
-
-def track_from_now(world: World) -> None:
-    with world.lock:
-        world.tracking_from = world.seq  # type: ignore[attr-defined]
+from tests.helpers import Running, converged, db_closes, db_trades, follow, track_from_now, truth_trades, wait_for
 
 
 @pytest.fixture()

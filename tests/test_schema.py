@@ -21,16 +21,16 @@ TX = "0x" + "ef" * 32
 def test_migrations_apply_once_and_are_idempotent(fresh_database):
     dsn = fresh_database(migrated=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        assert pending(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers"]
-        assert migrate(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers"]
+        assert pending(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps"]
+        assert migrate(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps"]
         assert migrate(conn) == [] and pending(conn) == []
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
         assert {"follows", "traders", "trades_public", "wallet_poll_state", "positions_current",
-                "positions_closed", "job_locks", "schema_migrations"} <= tables
+                "positions_closed", "job_locks", "cold_sweeps", "schema_migrations"} <= tables
         rls = conn.execute("SELECT count(*) FROM pg_class WHERE relname = ANY(%s) AND relrowsecurity",
                            (sorted(tables - {"schema_migrations"}),)).fetchone()
-        assert rls == (7,)
+        assert rls == (8,)
 
 
 def test_concurrent_migrate_runs_apply_each_file_once(fresh_database):
@@ -46,7 +46,7 @@ def test_concurrent_migrate_runs_apply_each_file_once(fresh_database):
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert sorted(len(r) for r in results) == [0, 0, 3]
+    assert sorted(len(r) for r in results) == [0, 0, 4]
 
 
 def test_changed_applied_file_is_an_error(fresh_database, tmp_path):

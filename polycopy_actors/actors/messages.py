@@ -59,9 +59,12 @@ class FlushTick:
 
 @dataclass(frozen=True)
 class TierWallets:
-    """Ask the writer for the tier's wallets (it owns the database pool)."""
+    """Ask the writer for the tier's wallets (it owns the database pool).
+
+    ``polled_before``: only wallets not polled since then (a sweep resuming after a restart)."""
 
     tier: str
+    polled_before: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,38 @@ log = logging.getLogger(__name__)
 
 
 class PassTracker:
-    """``--once``: counts pollers that finished their single pass; sets ``done`` when all have."""
+    """One pass over the tier (``--once`` or a sweep), shared by the pollers of a process (any thread).
+
+    Pollers register the wallets of their pass and report each one done; ``done`` is set when every
+    poller has finished. Sets (not counters) so that a restarted poller counts nothing twice.
+    """
 
     def __init__(self, pollers: int, done: threading.Event) -> None:
         self._lock = threading.Lock()
         self._finished: set[int] = set()
         self._pollers = pollers
         self._done = done
+        self._wallets: set[str] = set()
+        self._swept: set[str] = set()
+
+    def add(self, wallets: list[str]) -> None:
+        with self._lock:
+            self._wallets.update(wallets)
+
+    def drop(self, wallet: str) -> None:
+        """The wallet left the tier during the pass."""
+        with self._lock:
+            self._wallets.discard(wallet)
+            self._swept.discard(wallet)
+
+    def swept(self, wallet: str) -> None:
+        with self._lock:
+            self._swept.add(wallet)
+
+    def progress(self) -> tuple[int, int]:
+        """(wallets done, wallets in the pass)."""
+        with self._lock:
+            return len(self._swept), len(self._wallets)
 
     def finished(self, index: int) -> None:
         with self._lock:
@@ -65,7 +90,11 @@ class RunStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.polls = self.trades = self.closes = self.errors = 0
+        self.polls = self.trades = self.closes = self.errors = self.requests = 0
+
+    def request(self) -> None:
+        with self._lock:
+            self.requests += 1
 
     def add(self, polls: int = 0, trades: int = 0, closes: int = 0, errors: int = 0) -> None:
         with self._lock:
@@ -73,6 +102,10 @@ class RunStats:
             self.trades += trades
             self.closes += closes
             self.errors += errors
+
+    def snapshot_requests(self) -> int:
+        with self._lock:
+            return self.requests
 
     def snapshot(self) -> tuple[int, int, int, int]:
         with self._lock:
@@ -95,6 +128,8 @@ class TierContext:
     shard_index: int = 0
     shard_count: int = 1
     once: PassTracker | None = None
+    #: A sweep resuming after a restart skips wallets polled since the sweep started.
+    polled_before: datetime | None = None
 
     @property
     def tier_settings(self) -> TierSettings:
@@ -147,6 +182,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.client.close()
 
     def _acquire(self, endpoint: str) -> None:
+        self.ctx.stats.request()
         wait = self.limiter.ask(Acquire(), timeout=ASK_TIMEOUT_SECONDS)
         if wait > 0 and self.ctx.stopping.wait(wait):
             raise Stopped()
@@ -193,13 +229,17 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
                 and poller_index(wallet, self.count) == self.index)
 
     def _refresh(self, now: float) -> None:
-        once = self.ctx.once is not None
-        self.next_refresh = float("inf") if once else now + self.ctx.tier_settings.refresh_interval_seconds
+        """Re-read the tier's wallets. In a pass (``--once``/sweep) only the first read adds wallets;
+        later reads only drop those that left the tier (a cold trader followed meanwhile)."""
+        tracker = self.ctx.once
+        first = not self.schedule.wallets() and self.pass_pending is None
+        self.next_refresh = now + self.ctx.tier_settings.refresh_interval_seconds
+        polled_before = self.ctx.polled_before if first else None
         try:
-            wallets = [w for w in self.writer.ask(TierWallets(self.ctx.tier), timeout=ASK_TIMEOUT_SECONDS)
-                       if self._mine(w)]
+            wallets = [w for w in self.writer.ask(TierWallets(self.ctx.tier, polled_before),
+                                                  timeout=ASK_TIMEOUT_SECONDS) if self._mine(w)]
             current = set(self.schedule.wallets())
-            added = [w for w in wallets if w not in current]
+            added = [w for w in wallets if w not in current] if tracker is None or first else []
             removed = current - set(wallets)
             if added:
                 states = self.writer.ask(LoadState(tuple(added)), timeout=ASK_TIMEOUT_SECONDS)
@@ -212,6 +252,9 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.watermarks.pop(wallet, None)
             self.known.pop(wallet, None)
             self.errors.pop(wallet, None)
+            if tracker is not None and self.pass_pending is not None and wallet in self.pass_pending:
+                self.pass_pending.discard(wallet)
+                tracker.drop(wallet)
         for i, wallet in enumerate(added):
             state = states[wallet]
             self.watermarks[wallet] = state["last_trade_at"]
@@ -220,13 +263,14 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
                                      p["outcome"], p["outcome_index"], p["title"], p["redeemable"]), p["opened_at"])
                 for asset, p in state["positions"].items()
             }
-            # Stagger first polls a little so a burst of new wallets does not all fall due at once.
-            self.schedule.add(wallet, now + 0.01 * i)
+            # Keep the database's order (least recently polled first): earliest deadline first.
+            self.schedule.add(wallet, now + 1e-6 * i)
         if added or removed:
             log.info("%s: %d wallets (+%d, -%d)", self.child_name, len(self.schedule), len(added), len(removed))
-        if once:
-            self.pass_pending = set(self.schedule.wallets())
-            self._check_pass()
+        if tracker is not None and first:
+            self.pass_pending = set(added)
+            tracker.add(added)
+        self._check_pass()
 
     def _check_pass(self) -> None:
         if self.pass_pending is not None and not self.pass_pending and self.ctx.once is not None:
@@ -265,6 +309,8 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         if self.pass_pending is not None:
             if errors == 0 or errors > self.ctx.settings.api.max_retries:
                 self.pass_pending.discard(wallet)
+                if self.ctx.once is not None:
+                    self.ctx.once.swept(wallet)
                 self.schedule.park(wallet)
                 self._check_pass()
                 return

@@ -87,8 +87,8 @@ class WriteBuffer:
 
 
 _TRADES_SQL = """
-INSERT INTO trades_public (trade_id, wallet, condition_id, asset, side, size, price, outcome, outcome_index,
-                           title, slug, transaction_hash, traded_at)
+INSERT INTO trades_public AS t (trade_id, wallet, condition_id, asset, side, size, price, outcome, outcome_index,
+                                title, slug, transaction_hash, traded_at)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], %s::numeric[],
                      %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
 ON CONFLICT (trade_id) DO UPDATE SET
@@ -96,6 +96,14 @@ ON CONFLICT (trade_id) DO UPDATE SET
     size = excluded.size, price = excluded.price, outcome = excluded.outcome,
     outcome_index = excluded.outcome_index, title = excluded.title, slug = excluded.slug,
     transaction_hash = excluded.transaction_hash, traded_at = excluded.traded_at, updated_at = now()
+-- Latest wins, but the overlap re-read of unchanged rows writes nothing (no dead tuples, no recount).
+WHERE (t.wallet, t.condition_id, t.asset, t.side, t.size, t.price, t.outcome, t.outcome_index, t.title, t.slug,
+       t.transaction_hash, t.traded_at)
+      IS DISTINCT FROM
+      (excluded.wallet, excluded.condition_id, excluded.asset, excluded.side, excluded.size, excluded.price,
+       excluded.outcome, excluded.outcome_index, excluded.title, excluded.slug, excluded.transaction_hash,
+       excluded.traded_at)
+RETURNING trade_id, (xmax = 0) AS inserted
 """
 
 _CLOSES_SQL = """
@@ -155,9 +163,11 @@ def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer) -> dict[str, An
                 [t.outcome for t in rows], [t.outcome_index for t in rows], [t.title for t in rows],
                 [t.slug for t in rows], [t.transaction_hash for t in rows], [t.traded_at for t in rows],
             ))
-            for t, tier in buf.trades.values():
+            for trade_id, inserted in cur.fetchall():
+                t, tier = buf.trades[trade_id]
                 written["trades"][tier] = written["trades"].get(tier, 0) + 1
-                written["lags"].append(max(0.0, now - t.timestamp))
+                if inserted:  # the ingest lag of a trade is measured once, when it first lands
+                    written["lags"].append(max(0.0, now - t.timestamp))
         if buf.closes:
             cl = list(buf.closes.values())
             ps = [c.held.position for c in cl]
@@ -248,7 +258,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             return None
         if isinstance(message, TierWallets):
             with self._conn() as conn:
-                return store.tier_wallets(conn, message.tier)
+                return store.tier_wallets(conn, message.tier, message.polled_before)
         if isinstance(message, LoadState):
             if len(self.buffer):
                 self._flush()
