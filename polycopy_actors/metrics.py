@@ -55,10 +55,11 @@ COLD_SWEEP_DURATION = Histogram("polycopy_cold_sweep_duration_seconds", "Cold sw
 WRITER_QUEUE = Gauge("polycopy_writer_queue_rows", "Rows buffered in the writer", multiprocess_mode="livesum")
 LAST_POLL_SUCCESS = Gauge("polycopy_last_successful_poll_timestamp_seconds", "Time of the last successful poll",
                           ["tier"], multiprocess_mode="max")
-WATERMARK_LAG = Gauge("polycopy_oldest_watermark_lag_seconds", "now - oldest wallet watermark of the tier",
+WATERMARK_LAG = Gauge("polycopy_oldest_watermark_lag_seconds",
+                      "now - the oldest successful poll (cursor advance) among the tier's wallets",
                       ["tier"], multiprocess_mode="max")
-HEALTHY = Gauge("polycopy_healthy", "1 while this process's /healthz check passes (sharded: the worst shard)",
-                multiprocess_mode="livemin")
+HEALTHY = Gauge("polycopy_healthy", "1 while this process's health check passes (sharded: one sample per pid)",
+                multiprocess_mode="liveall")
 DB_POOL = Gauge("polycopy_db_pool_connections", "Pool statistics", ["state"], multiprocess_mode="livesum")
 
 
@@ -68,7 +69,9 @@ def shards_healthy() -> bool | None:
         return None
     reg = CollectorRegistry()
     prom_mp.MultiProcessCollector(reg)
-    values = [s.value for fam in reg.collect() if fam.name == "polycopy_healthy" for s in fam.samples]
+    me = str(os.getpid())  # the parent's own (unused) sample
+    values = [s.value for fam in reg.collect() if fam.name == "polycopy_healthy" for s in fam.samples
+              if s.labels.get("pid") != me]
     return min(values) >= 1 if values else None
 
 

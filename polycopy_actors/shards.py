@@ -161,6 +161,9 @@ class ShardSet:
                         return RET_GAVE_UP
                     log.warning("shard %d exited (%s): restarting it (%d restart(s) in the last %.0f s)",
                                 index + 1, how, len(self.restarts), sup.period_seconds)
+                    from polycopy_actors import metrics  # noqa: PLC0415 - after the multiprocess set-up
+
+                    metrics.ACTOR_RESTARTS.labels("shard").inc()
                     self._start(index, once, polled_before)
             return RET_OK
         finally:

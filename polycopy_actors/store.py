@@ -94,6 +94,15 @@ def tier_wallets(conn: Conn, tier: str, polled_before: datetime | None = None) -
     raise ValueError(f"unknown tier {tier!r}")
 
 
+def oldest_success_lag(conn: Conn, tier: str) -> float | None:
+    """Seconds since the least recently successful poll among the tier's polled wallets."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM now() - min(coalesce(last_success_at, 'epoch')))::float8 "
+        "FROM wallet_poll_state WHERE tier = %s AND last_polled_at IS NOT NULL", (tier,),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def discover_traders(conn: Conn, wallets: list[str], limit: int) -> int:
     """Add wallets seen trading as cold traders; never re-activates a deactivated one, never a followed one."""
     clean = normalize_wallets(wallets)[:limit]

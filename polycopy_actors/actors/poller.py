@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -116,6 +116,20 @@ class RunStats:
         return f"{polls:,} polls, {trades:,} trades, {closes:,} closes, {errors:,} errors"
 
 
+class WalletCounts:
+    """Wallets held by each poller of the process, for ``polycopy_wallets{tier}`` (any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, int] = {}
+
+    def set(self, poller: int, count: int) -> int:
+        """Record one poller's count; return the process total."""
+        with self._lock:
+            self._counts[poller] = count
+            return sum(self._counts.values())
+
+
 @dataclass(frozen=True)
 class TierContext:
     """What every poller of a process shares (immutable, or thread-safe objects)."""
@@ -130,6 +144,7 @@ class TierContext:
     once: PassTracker | None = None
     #: A sweep resuming after a restart skips wallets polled since the sweep started.
     polled_before: datetime | None = None
+    wallet_counts: WalletCounts = field(default_factory=WalletCounts)
 
     @property
     def tier_settings(self) -> TierSettings:
@@ -267,6 +282,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.schedule.add(wallet, now + 1e-6 * i)
         if added or removed:
             log.info("%s: %d wallets (+%d, -%d)", self.child_name, len(self.schedule), len(added), len(removed))
+        metrics.WALLETS.labels(self.ctx.tier).set(self.ctx.wallet_counts.set(self.index, len(self.schedule)))
         if tracker is not None and first:
             self.pass_pending = set(added)
             tracker.add(added)

@@ -258,7 +258,11 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             return None
         if isinstance(message, TierWallets):
             with self._conn() as conn:
-                return store.tier_wallets(conn, message.tier, message.polled_before)
+                wallets = store.tier_wallets(conn, message.tier, message.polled_before)
+                lag = store.oldest_success_lag(conn, message.tier)
+            if lag is not None:
+                metrics.WATERMARK_LAG.labels(message.tier).set(lag)
+            return wallets
         if isinstance(message, LoadState):
             if len(self.buffer):
                 self._flush()
