@@ -98,6 +98,8 @@ class PolymarketClient:
         self.session.headers["User-Agent"] = f"polycopy_actors/{__version__} (+copy-trading data pipeline)"
         self.session.headers["Accept"] = "application/json"
         self.requests_sent = 0
+        #: Items skipped as malformed so far (the poller holds a cursor when a read skipped any).
+        self.malformed_items = 0
 
     def close(self) -> None:
         self.session.close()
@@ -194,6 +196,7 @@ class PolymarketClient:
             try:
                 yield parser(item)
             except MalformedItem as exc:
+                self.malformed_items += 1
                 metrics.API_ITEMS_MALFORMED.labels(endpoint, exc.field[:40]).inc()
                 log.warning("skipped a malformed %s item of wallet %s: field %s: %s",
                             endpoint, wallet, exc.field, exc.reason)
@@ -317,7 +320,15 @@ class PolymarketClient:
 
     def positions(self, wallet: str) -> list[Position]:
         """The wallet's complete current positions. Raises ApiError unless every page was read:
-        a failed or partial snapshot must never close a position."""
+        a failed or partial snapshot (a page, or one malformed item) must never close a position."""
+        before = self.malformed_items
+        out = self._positions(wallet)
+        if self.malformed_items > before:
+            raise ApiError("malformed", f"wallet {wallet}: positions snapshot had "
+                                        f"{self.malformed_items - before} malformed item(s); not reconciling it")
+        return out
+
+    def _positions(self, wallet: str) -> list[Position]:
         out: list[Position] = []
         if self.version == "v2":
             params = {"user": wallet, "limit": V2_LIMIT_MAX}
@@ -337,11 +348,13 @@ class PolymarketClient:
                 return [p for p in out if p.wallet == wallet]
             offset += V1_POSITIONS_LIMIT_MAX
 
-    def redeems_since(self, wallet: str, since: int) -> list[Activity]:
-        """REDEEM activity of the wallet at or after ``since``."""
+    def closing_activity_since(self, wallet: str, since: int) -> list[Activity]:
+        """REDEEM and MERGE activity of the wallet at or after ``since`` (what ends a position
+        without a SELL trade)."""
         out: list[Activity] = []
         if self.version == "v2":
-            params = {"user": wallet, "type": "REDEEM", "start": max(1, since), "limit": V2_LIMIT_MAX}
+            params = {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since),
+                      "limit": V2_LIMIT_MAX}
             for rows in self._v2_pages("/v2/activity", params, "activity"):
                 out.extend(self._parse_rows(rows, parse_activity, "activity", wallet))
         else:
@@ -349,14 +362,14 @@ class PolymarketClient:
             while offset <= V1_ACTIVITY_OFFSET_MAX:
                 body = _v1_list(self.get_json(
                     self.api.data_api_url, "/activity",
-                    {"user": wallet, "type": "REDEEM", "start": max(1, since), "limit": V1_ACTIVITY_LIMIT_MAX,
+                    {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V1_ACTIVITY_LIMIT_MAX,
                      "offset": offset}, "activity",
                 ))
                 out.extend(self._parse_rows(body, parse_activity, "activity", wallet))
                 if len(body) < V1_ACTIVITY_LIMIT_MAX:
                     break
                 offset += V1_ACTIVITY_LIMIT_MAX
-        return [a for a in out if a.type == "REDEEM" and a.wallet == wallet]
+        return [a for a in out if a.type in ("REDEEM", "MERGE") and a.wallet == wallet]
 
     def closed_markets(self, condition_ids: list[str]) -> dict[str, Market]:
         """Gamma state of the markets among ``condition_ids`` that have closed or resolved.

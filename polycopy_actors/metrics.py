@@ -179,3 +179,23 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _initialise_label_sets() -> None:
+    """Export every series of the fixed label sets at 0, so rates and alerts work before the first event."""
+    for tier in ("hot", "cold"):
+        for result in ("ok", "error"):
+            WALLET_POLLS.labels(tier, result)
+        TRADES_UPSERTED.labels(tier)
+        RATE_THROTTLES.labels(tier)
+    for kind in ("opened", "changed", "closed"):
+        POSITION_CHANGES.labels(kind)
+    for reason in ("manual_close", "market_closed", "redeemed"):
+        POSITIONS_CLOSED.labels(reason)
+    for result in ("ok", "error"):
+        DB_FLUSHES.labels(result)
+    for actor in ("limiter", "writer", "pool", "poller", "shard"):
+        ACTOR_RESTARTS.labels(actor)
+
+
+_initialise_label_sets()

@@ -2,9 +2,7 @@
 
 Owned by one WalletPoller per wallet. Only a complete, successful snapshot may be diffed (a failed
 read is not an empty one). A position missing from the snapshot is closed once it has been missing
-for ``grace_seconds`` (the API runs late); its reason is ``redeemed`` if the wallet redeemed that
-market after the position was opened, ``market_closed`` if gamma says the market closed or
-resolved, else ``manual_close``.
+for ``grace_seconds`` (the API runs late); its reason is decided by :func:`classify`.
 """
 
 from __future__ import annotations
@@ -77,12 +75,20 @@ def diff_positions(known: dict[str, Held], snapshot: list[Position], now: float,
     return out
 
 
-def classify(held: Held, redeemed_markets: set[str], closed_markets: set[str]) -> str:
-    cid = held.position.condition_id
-    if cid in redeemed_markets:
+def classify(sold_out: bool, first_activity: str | None, market_closed: bool) -> str:
+    """Why a held position vanished, in this order:
+
+    1. ``sold_out``: the wallet's own trades since the position was last seen took its size to zero
+       -> ``manual_close``, even if the market has resolved by the time this poll sees it (a poll
+       after a restart or a long outage);
+    2. ``first_activity``: the first REDEEM or MERGE of its market since it was last seen ->
+       ``redeemed`` or ``manual_close`` (a merge happens while the market is open);
+    3. ``market_closed`` (gamma: closed or resolved) -> ``market_closed``; 4. else ``manual_close``.
+    """
+    if sold_out:
+        return MANUAL_CLOSE
+    if first_activity == "REDEEM":
         return REDEEMED
-    if cid in closed_markets:
-        return MARKET_CLOSED
-    return MANUAL_CLOSE
-
-
+    if first_activity == "MERGE":
+        return MANUAL_CLOSE
+    return MARKET_CLOSED if market_closed else MANUAL_CLOSE

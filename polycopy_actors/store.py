@@ -134,13 +134,23 @@ def followed_markets(conn: Conn, limit: int) -> list[str]:
 
 # --- per-wallet state (pollers, through the writer) ---------------------------------------------
 
-def load_wallet_state(conn: Conn, wallets: list[str]) -> dict[str, dict[str, Any]]:
-    """Watermark and open positions of each wallet (what a poller needs to resume)."""
-    out: dict[str, dict[str, Any]] = {w: {"last_trade_at": None, "positions": {}} for w in wallets}
-    for wallet, last_trade_at in conn.execute(
-        "SELECT wallet, last_trade_at FROM wallet_poll_state WHERE wallet = ANY(%s)", (wallets,)
+def load_wallet_state(conn: Conn, wallets: list[str], overlap_seconds: int = 0) -> dict[str, dict[str, Any]]:
+    """Watermark, open positions and the ids of the trades in the overlap window behind the
+    watermark (those the next read re-reads: already seen) of each wallet: what a poller resumes from."""
+    out: dict[str, dict[str, Any]] = {
+        w: {"last_trade_at": None, "last_success_at": None, "positions": {}, "recent_trade_ids": set()}
+        for w in wallets}
+    for wallet, trade_id in conn.execute(
+        "SELECT t.wallet, t.trade_id FROM wallet_poll_state s JOIN trades_public t ON t.wallet = s.wallet "
+        "AND t.traded_at >= s.last_trade_at - make_interval(secs => %s) WHERE s.wallet = ANY(%s)",
+        (overlap_seconds, wallets),
+    ).fetchall():
+        out[wallet]["recent_trade_ids"].add(trade_id)
+    for wallet, last_trade_at, last_success_at in conn.execute(
+        "SELECT wallet, last_trade_at, last_success_at FROM wallet_poll_state WHERE wallet = ANY(%s)", (wallets,)
     ).fetchall():
         out[wallet]["last_trade_at"] = last_trade_at
+        out[wallet]["last_success_at"] = last_success_at
     for row in conn.execute(
         "SELECT wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index, title, "
         "redeemable, opened_at FROM positions_current WHERE wallet = ANY(%s)",

@@ -22,15 +22,17 @@ from polycopy_actors.simulator import Simulator, World
 from polycopy_actors.system import ActorSystem
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Bounded poll of the database (or any check): no sleeps standing in for synchronisation."""
+def wait_for(check: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] | None = None) -> Any:
+    """Bounded poll of the database (or any check): no sleeps standing in for synchronisation.
+    ``detail`` explains a timeout (e.g. what differs from the ground truth)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                                 + (f": {detail()}" if detail else ""))
         time.sleep(0.1)
 
 
@@ -64,10 +66,11 @@ def follow(dsn: str, wallets: list[str]) -> None:
         store.follow(conn, wallets, "test")
 
 
-def db_trades(dsn: str) -> Counter:
+def db_trades(dsn: str, wallets: list[str] | None = None) -> Counter:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT transaction_hash, asset, side, size, extract(epoch FROM traded_at)::bigint "
-                            "FROM trades_public").fetchall()
+                            "FROM trades_public WHERE %(w)s::text[] IS NULL OR wallet = ANY(%(w)s)",
+                            {"w": wallets}).fetchall()
     return Counter((r[0], r[1], r[2], Decimal(r[3]).normalize(), r[4]) for r in rows)
 
 
@@ -75,9 +78,10 @@ def truth_trades(world: World, wallets: list[str]) -> Counter:
     return Counter((f.tx, f.asset, f.side, f.size.normalize(), f.timestamp) for f in world.fills if f.wallet in wallets)
 
 
-def db_positions(dsn: str) -> dict:
+def db_positions(dsn: str, wallets: list[str] | None = None) -> dict:
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT wallet, asset, size, avg_price FROM positions_current").fetchall()
+        rows = conn.execute("SELECT wallet, asset, size, avg_price FROM positions_current "
+                            "WHERE %(w)s::text[] IS NULL OR wallet = ANY(%(w)s)", {"w": wallets}).fetchall()
     return {(r[0], r[1]): (Decimal(r[2]).normalize(), Decimal(r[3]).normalize()) for r in rows}
 
 
@@ -86,9 +90,10 @@ def truth_positions(world: World, wallets: list[str]) -> dict:
             for p in world.truth()["positions"] if p["wallet"] in wallets}
 
 
-def db_closes(dsn: str) -> Counter:
+def db_closes(dsn: str, wallets: list[str] | None = None) -> Counter:
     with psycopg.connect(dsn) as conn:
-        return Counter(conn.execute("SELECT wallet, asset, reason FROM positions_closed").fetchall())
+        return Counter(conn.execute("SELECT wallet, asset, reason FROM positions_closed "
+                                    "WHERE %(w)s::text[] IS NULL OR wallet = ANY(%(w)s)", {"w": wallets}).fetchall())
 
 
 def truth_closes(world: World, wallets: list[str]) -> Counter:
@@ -102,11 +107,38 @@ def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = T
         t, p = truth_trades(world, wallets), truth_positions(world, wallets)
         c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
                     if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
-    got = db_closes(dsn)
+    got = db_closes(dsn, wallets)
     # With a world stepping faster than the polls, a position can open and close between two polls:
     # nobody polling can see that one, so then every close written must be a true one.
     closes_ok = got == c if exact_closes else not (got - c)
-    return db_trades(dsn) == t and db_positions(dsn) == p and closes_ok
+    return db_trades(dsn, wallets) == t and db_positions(dsn, wallets) == p and closes_ok
+
+
+def report(dsn: str, world: World, wallets: list[str]) -> str:
+    """What differs between the database and the ground truth (for assertion messages)."""
+    with world.lock:
+        t, p = truth_trades(world, wallets), truth_positions(world, wallets)
+        c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
+                    if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
+    dt, dp, dc = db_trades(dsn, wallets), db_positions(dsn, wallets), db_closes(dsn, wallets)
+    extra = dc - c
+    truth_of_extra = [(x.reason, x.opened_at, x.closed_at) for x in world.closes for k in extra
+                      if (x.wallet, x.asset) == k[:2]]
+    detail = []
+    for wallet, asset, _reason in extra:
+        with psycopg.connect(dsn) as conn:
+            detail.append(conn.execute(
+                "SELECT reason, opened_at, closed_at FROM positions_closed WHERE wallet = %s AND asset = %s",
+                (wallet, asset)).fetchall())
+        with world.lock:
+            cids = {f.market.condition_id for f in world.fills if f.asset == asset}
+            detail.append([(f.timestamp, f.side, str(f.size), f.asset == asset) for f in world.fills
+                           if f.wallet == wallet and f.market.condition_id in cids])
+            detail.append([(a.timestamp, a.type) for a in world.activity
+                           if a.wallet == wallet and a.market.condition_id in cids])
+    return (f"{detail}; trades missing {dict(t - dt)} extra {dict(dt - t)}; "
+            f"positions missing {[k for k in p if p[k] != dp.get(k)]} extra {[k for k in dp if k not in p]}; "
+            f"closes extra {dict(extra)} (truth for those: {truth_of_extra})")
 
 
 def track_from_now(world: World) -> None:

@@ -96,7 +96,7 @@ def test_positions_redeems_and_market_state(simulator):
     assert set(client.closed_markets([m1.condition_id, m2.condition_id])) == {m1.condition_id}
     world.redeem(wallet, m1)
     for version in ("v1", "v2"):
-        redeems = _client(simulator, version).redeems_since(wallet, 1)
+        redeems = [a for a in _client(simulator, version).closing_activity_since(wallet, 1) if a.type == "REDEEM"]
         assert [r.condition_id for r in redeems] == [m1.condition_id]
 
 

@@ -77,11 +77,14 @@ def test_diff_grace_period_and_reappearance():
 
 
 def test_close_reasons():
-    held = Held(_pos("1", "1", cid="0x" + "2" * 64), datetime(2026, 1, 1, tzinfo=timezone.utc))
-    cid = held.position.condition_id
-    assert classify(held, {cid}, {cid}) == "redeemed"
-    assert classify(held, set(), {cid}) == "market_closed"
-    assert classify(held, set(), set()) == "manual_close"
+    assert classify(False, "REDEEM", True) == "redeemed"
+    assert classify(False, None, True) == "market_closed"
+    assert classify(False, None, False) == "manual_close"
+    assert classify(False, "MERGE", True) == "manual_close"  # merged, then the market resolved
+    # Sold out before the market resolved: a manual close, even when seen after resolution or when
+    # the other outcome of the market was redeemed meanwhile.
+    assert classify(True, None, True) == "manual_close"
+    assert classify(True, "REDEEM", True) == "manual_close"
 
 
 def _load(name: str) -> object:

@@ -72,6 +72,8 @@ class LoadState:
     """Ask the writer for the wallets' watermarks and open positions (flushes first)."""
 
     wallets: tuple[str, ...]
+    #: Also return the ids of trades this far behind each watermark.
+    overlap_seconds: int = 0
 
 
 @dataclass(frozen=True)

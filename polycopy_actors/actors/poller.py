@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import pykka
@@ -36,12 +37,15 @@ from polycopy_actors.actors.supervisor import SupervisedMixin
 from polycopy_actors.client import ApiError, PolymarketClient, Stopped
 from polycopy_actors.config import Settings, TierSettings
 from polycopy_actors.metrics import HealthState
-from polycopy_actors.models import Position
+from polycopy_actors.models import Position, Trade
 from polycopy_actors.reconcile import Close, Held, classify, diff_positions
 from polycopy_actors.schedule import Schedule
 from polycopy_actors.wallets import shard_of
 
 log = logging.getLogger(__name__)
+
+#: A position whose size minus the sells since it was last seen is at most this is sold out.
+SIZE_EPSILON = Decimal("0.000001")
 
 
 class PassTracker:
@@ -181,6 +185,10 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         self.watermarks: dict[str, datetime | None] = {}
         self.known: dict[str, dict[str, Held]] = {}
         self.errors: dict[str, int] = {}
+        #: trade ids of each wallet's last successful read (what "new since the last poll" means)
+        self.recent_ids: dict[str, frozenset[str]] = {}
+        #: start of each wallet's last successful poll: when its positions were last seen
+        self.last_ok: dict[str, datetime] = {}
         self.next_refresh = 0.0
         self.pass_pending: set[str] | None = None
         self.client: PolymarketClient | None = None
@@ -257,7 +265,8 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             added = [w for w in wallets if w not in current] if tracker is None or first else []
             removed = current - set(wallets)
             if added:
-                states = self.writer.ask(LoadState(tuple(added)), timeout=ASK_TIMEOUT_SECONDS)
+                states = self.writer.ask(LoadState(tuple(added), self.ctx.settings.api.overlap_seconds),
+                                         timeout=ASK_TIMEOUT_SECONDS)
         except (pykka.Timeout, pykka.ActorDeadError, Exception) as exc:  # noqa: BLE001 - DB down: retry later
             log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier, exc)
             self.next_refresh = now + min(5.0, self.ctx.tier_settings.refresh_interval_seconds)
@@ -267,12 +276,18 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.watermarks.pop(wallet, None)
             self.known.pop(wallet, None)
             self.errors.pop(wallet, None)
+            self.recent_ids.pop(wallet, None)
+            self.last_ok.pop(wallet, None)
             if tracker is not None and self.pass_pending is not None and wallet in self.pass_pending:
                 self.pass_pending.discard(wallet)
                 tracker.drop(wallet)
         for i, wallet in enumerate(added):
             state = states[wallet]
             self.watermarks[wallet] = state["last_trade_at"]
+            if state["last_trade_at"] is not None:
+                self.recent_ids[wallet] = frozenset(state["recent_trade_ids"])
+            if state["last_success_at"] is not None:
+                self.last_ok[wallet] = state["last_success_at"]
             self.known[wallet] = {
                 asset: Held(Position(wallet, asset, p["condition_id"], p["size"], p["avg_price"], p["cur_price"],
                                      p["outcome"], p["outcome_index"], p["title"], p["redeemable"]), p["opened_at"])
@@ -337,17 +352,25 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         api = self.ctx.settings.api
         watermark = self.watermarks.get(wallet)
         since = None if watermark is None else max(1, int(watermark.timestamp()) - api.overlap_seconds)
+        damaged_before = self.client.malformed_items
         trades = self.client.trades_since(wallet, since)
         snapshot = self.client.positions(wallet)
         known = self.known.setdefault(wallet, {})
         d = diff_positions(known, snapshot, time.monotonic(), self.ctx.settings.reconcile.close_grace_seconds)
-        closes: list[Close] = []
         if d.vanished:
-            earliest = min(h.opened_at for h in d.vanished)
-            redeemed = {a.condition_id for a in self.client.redeems_since(wallet, int(earliest.timestamp()))}
-            others = [h.position.condition_id for h in d.vanished if h.position.condition_id not in redeemed]
-            closed = set(self.client.closed_markets(others)) if others else set()
-            closes = [Close(h, classify(h, redeemed, closed), polled_at) for h in d.vanished]
+            # Trades made between the read above and the snapshot explain a vanished position too:
+            # read again (the overlap window only), so a sale is never mistaken for a market close.
+            merged = {t.trade_id: t for t in trades}
+            merged.update((t.trade_id, t) for t in self.client.trades_since(wallet, since))
+            trades = sorted(merged.values(), key=lambda t: t.timestamp)
+        # A skipped (malformed) trade must not fall behind the cursor: keep the cursor, re-read next time.
+        hold_cursor = self.client.malformed_items > damaged_before
+        # Trades made since the previous snapshot: those not in the previous poll's read (that read came
+        # before that snapshot); after a restart, not among the stored trades the overlap re-reads.
+        previous = self.recent_ids.get(wallet)
+        after = 0 if watermark is None else watermark.timestamp()
+        new = [t for t in trades if (t.trade_id not in previous if previous is not None else t.timestamp > after)]
+        closes = self._classify(wallet, d.vanished, new, polled_at) if d.vanished else []
         upserts: list[tuple[Position, datetime]] = [(p, polled_at) for p in d.opened]
         upserts += [(p, known[p.asset].opened_at) for p in d.changed + d.refreshed]
         # The poll succeeded: update what this poller knows, then hand the result to the writer.
@@ -362,7 +385,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             known[held.position.asset] = held
         for close in closes:
             known.pop(close.held.position.asset, None)
-        new_mark = max((t.timestamp for t in trades), default=None)
+        new_mark = None if hold_cursor else max((t.timestamp for t in trades), default=None)
         if new_mark is not None:
             mark = _utc(new_mark)
             self.watermarks[wallet] = mark if watermark is None else max(watermark, mark)
@@ -371,6 +394,35 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             watermark=_utc(new_mark) if new_mark is not None else None, upserts=tuple(upserts), closes=tuple(closes),
         )
         # Trades past the old watermark are new; the rest are the overlap re-read (upserted again, harmlessly).
-        new_trades = sum(1 for t in trades if watermark is None or t.timestamp > watermark.timestamp())
+        self.recent_ids[wallet] = frozenset(t.trade_id for t in trades)
+        self.last_ok[wallet] = polled_at
+        new_trades = len(new)
         changes = {"opened": len(d.opened), "changed": len(d.changed), "closed": len(closes), "new_trades": new_trades}
         return result, changes
+
+    def _classify(self, wallet: str, vanished: list[Held], new: list[Trade], polled_at: datetime) -> list[Close]:
+        """Why each vanished position closed: its own trades since the last poll, the first
+        REDEEM/MERGE of its market since then, then gamma's market state (see ``classify``)."""
+        assert self.client is not None
+        flow: dict[str, Decimal] = {}
+        for t in new:
+            flow[t.asset] = flow.get(t.asset, Decimal(0)) + (t.size if t.side == "BUY" else -t.size)
+        last_seen = self.last_ok.get(wallet)
+
+        def seen_since(h: Held) -> int:
+            """Second from which events can explain the vanishing (inclusive: one-second resolution)."""
+            return int(max(h.opened_at, last_seen).timestamp() if last_seen else h.opened_at.timestamp())
+
+        activity = sorted(self.client.closing_activity_since(wallet, min(seen_since(h) for h in vanished)),
+                          key=lambda a: (a.timestamp, a.type != "MERGE"))  # same second: a merge comes first
+        decided: dict[str, tuple[bool, str | None]] = {}
+        for h in vanished:
+            p = h.position
+            sold_out = p.asset in flow and p.size + flow[p.asset] <= SIZE_EPSILON
+            first = next((a.type for a in activity if a.condition_id == p.condition_id
+                          and a.timestamp >= seen_since(h)), None)
+            decided[p.asset] = (sold_out, first)
+        undecided = sorted({h.position.condition_id for h in vanished if decided[h.position.asset] == (False, None)})
+        closed = set(self.client.closed_markets(undecided)) if undecided else set()
+        return [Close(h, classify(*decided[h.position.asset], h.position.condition_id in closed), polled_at)
+                for h in vanished]

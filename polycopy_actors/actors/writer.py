@@ -269,7 +269,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             if len(self.buffer):
                 raise RuntimeError("database unavailable: cannot load wallet state")
             with self._conn() as conn:
-                return store.load_wallet_state(conn, list(message.wallets))
+                return store.load_wallet_state(conn, list(message.wallets), message.overlap_seconds)
         if isinstance(message, Crash):
             raise RuntimeError(message.reason)
         return None
