@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
@@ -57,7 +57,7 @@ class Trade:
 
     @property
     def traded_at(self) -> datetime:
-        return datetime.fromtimestamp(self.timestamp, timezone.utc)
+        return datetime.fromtimestamp(self.timestamp, UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -13,7 +13,7 @@ COLD_SWEEP_JOB = "cold_sweep"
 
 
 def collect_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tiers: dict[str, Any] = {}
     for tier in ("hot", "cold"):
         wallets = store.tier_wallets(conn, tier)
@@ -64,7 +64,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def _pos(asset: str, size: str, cid: str = "0x" + "1" * 64) -> object:
 
 
 def test_diff_detects_open_change_close_without_trades():
-    opened = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    opened = datetime(2026, 1, 1, tzinfo=UTC)
     known = {"1": Held(_pos("1", "10"), opened), "2": Held(_pos("2", "5"), opened)}
     d = diff_positions(known, [_pos("1", "12"), _pos("3", "1")], now=100.0, grace_seconds=0)
     assert [p.asset for p in d.opened] == ["3"]
@@ -66,7 +66,7 @@ def test_diff_detects_open_change_close_without_trades():
 
 
 def test_diff_grace_period_and_reappearance():
-    opened = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    opened = datetime(2026, 1, 1, tzinfo=UTC)
     known = {"1": Held(_pos("1", "10"), opened)}
     d = diff_positions(known, [], now=100.0, grace_seconds=10)
     assert not d.vanished and d.missing[0].missing_since == 100.0

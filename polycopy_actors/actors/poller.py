@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -161,7 +161,7 @@ def poller_index(wallet: str, pollers: int) -> int:
 
 
 def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
@@ -312,7 +312,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
     def _poll(self, wallet: str) -> None:
         assert self.client is not None
         tier = self.ctx.tier
-        polled_at = datetime.now(timezone.utc)
+        polled_at = datetime.now(UTC)
         try:
             result, changes = self._fetch(wallet, polled_at)
         except ApiError as exc:

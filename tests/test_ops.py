@@ -1,0 +1,47 @@
+"""Deployment files agree with the configuration and the documented commands."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+
+import pytest
+
+from polycopy_actors import PROJECT_ROOT
+from polycopy_actors.config import load_settings
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("tier", ["hot", "cold"])
+def test_fly_toml_matches_the_production_config(tier):
+    fly = tomllib.loads((PROJECT_ROOT / f"fly.worker-{tier}.toml").read_text())
+    settings = load_settings(env=fly["env"]["POLYCOPY_ENV"], environ=fly["env"])
+    assert fly["env"]["POLYCOPY_ENV"] == "production"
+    assert "DATABASE_URL" not in fly["env"]  # a secret, set with `fly secrets set`
+    assert fly["processes"]["worker"] == f"python -m polycopy_actors --tier {tier}"
+    assert fly["deploy"]["release_command"] == "python -m polycopy_actors migrate"
+    assert fly["kill_signal"] in ("SIGTERM", "SIGINT")
+    assert fly["kill_timeout"] > settings.shutdown_timeout_seconds + 2  # room for the flush
+    check = fly["checks"]["healthz"]
+    assert (check["type"], check["path"], check["port"]) == ("http", "/healthz", settings.metrics.port)
+    assert (fly["metrics"]["port"], fly["metrics"]["path"]) == (settings.metrics.port, "/metrics")
+    assert settings.metrics.port == 9464 and settings.metrics.host == "0.0.0.0"
+    assert fly["build"]["dockerfile"] == "Dockerfile"
+
+
+@pytest.mark.timeout(30)
+def test_dockerfile_is_slim_non_root_and_runs_the_documented_command():
+    text = (PROJECT_ROOT / "Dockerfile").read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#")
+                    and not line.startswith(" ")]
+    by = {}
+    for parts in instructions:
+        if len(parts) == 2:
+            by.setdefault(parts[0], []).append(parts[1])
+    assert re.fullmatch(r"python:3\.\d+-slim", by["FROM"][0])
+    assert by["USER"][-1] not in ("root", "0")
+    cmd = " ".join(json.loads(by["CMD"][-1]))
+    assert cmd == "python -m polycopy_actors --tier hot"
+    assert cmd in (PROJECT_ROOT / "README.md").read_text()
+    assert not re.search(r"apt-get install|build-essential|gcc", text)
