@@ -266,11 +266,12 @@ def _leaf_paths(data: Mapping[str, Any], prefix: str) -> list[str]:
 
 def _source_of(path: str, sources: dict[str, str]) -> str:
     probe = path
-    while probe:
+    while True:
         if probe in sources:
             return sources[probe]
+        if not probe:
+            return str(CONFIG_DIR / "default.yaml")
         probe = probe.rpartition(".")[0]
-    return str(CONFIG_DIR / "default.yaml")
 
 
 def _type_name(tp: Any) -> str:
@@ -324,7 +325,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, sources: dict[str, str]
         if key not in fields:
             path = prefix + str(key)
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{_source_of(path, sources)}: {path}: unknown key (known here: {known})")
+            raise ConfigError(f"{_source_of(path, sources)}: {path if key else repr(path)}: unknown key "
+                              f"(known here: {known})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         path = prefix + name

@@ -30,6 +30,10 @@ SIX_PLACES = Decimal("0.000001")
 MAX_TIMESTAMP = 4102444800
 
 
+#: Outcome indexes are small (999 = "could not be labelled"); the column is a 32-bit integer.
+MAX_OUTCOME_INDEX = 1_000_000
+
+
 class MalformedItem(ValueError):
     """An API item that cannot be used; ``field`` names the offending field."""
 
@@ -117,7 +121,8 @@ def _text(item: dict[str, Any], *names: str, optional: bool = False) -> str | No
         return None
     if not isinstance(value, str):
         raise MalformedItem(names[0], f"expected a string, got {type(value).__name__}")
-    return value
+    # PostgreSQL text cannot hold NUL; descriptive fields lose it, identifiers then fail their checks.
+    return value.replace("\x00", "")
 
 
 def _decimal(item: dict[str, Any], *names: str, minimum: Decimal | None = Decimal(0)) -> Decimal:
@@ -158,6 +163,8 @@ def _int_opt(item: dict[str, Any], *names: str) -> int | None:
                 return None
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MalformedItem(name, f"expected an integer, got {type(value).__name__}")
+            if not 0 <= value <= MAX_OUTCOME_INDEX:
+                raise MalformedItem(name, f"out of range: {value}")
             return value
     return None
 
@@ -182,7 +189,7 @@ def _hex(item: dict[str, Any], length: int, *names: str) -> str:
 def _token(item: dict[str, Any], *names: str) -> str:
     value = _text(item, *names)
     assert value is not None
-    if not value.isdigit() or len(value) > 100:
+    if not (value.isascii() and value.isdigit()) or len(value) > 100:
         raise MalformedItem(names[0], "expected a decimal token id")
     return value
 

@@ -55,8 +55,8 @@ class ActorSystem:
     # --- callbacks from actors (any thread) ------------------------------------------------------------
 
     def _give_up(self, reason: str) -> None:
-        if self.exit_code is None:
-            self.exit_code, self.exit_reason = RET_GAVE_UP, reason
+        if self.exit_code is None:  # the supervisor has logged the reason already
+            self.exit_code, self.exit_reason = RET_GAVE_UP, None
         self.done.set()
 
     def _fatal(self, code: int, reason: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_WALLET_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_WALLET_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 class InvalidWallet(ValueError):
@@ -13,7 +13,7 @@ class InvalidWallet(ValueError):
 
 def normalize_wallet(value: object) -> str:
     """Return ``value`` as a lowercase wallet address or raise :class:`InvalidWallet`."""
-    if not isinstance(value, str) or not _WALLET_RE.match(value):
+    if not isinstance(value, str) or not _WALLET_RE.fullmatch(value):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise InvalidWallet(f"invalid wallet address {shown}: expected 0x followed by 40 hex characters")
     return value.lower()

@@ -194,3 +194,28 @@ def test_discovery_adds_traders_seen_in_followed_markets(db, tmp_path):
     assert seen and set(traders) == seen | {world.wallets[1]}
     assert traders[world.wallets[1]] is False  # a deactivated trader stays deactivated
     assert cold.has("trader discovery:")
+
+
+@pytest.mark.timeout(150)
+def test_racing_once_runs_with_a_killed_holder_never_overlap(db, cold_world, tmp_path):
+    world, sim, cold, _ = cold_world
+    cfg = cold_config(tmp_path, rps=3, lock_ttl_seconds=2)  # sweeps of ~6 s cross the TTL twice
+    env = cli_env(db, sim)
+    # Round 1: five at once; the one that sweeps is SIGKILLed mid-sweep.
+    runs = [Proc(["--tier", "cold", "--once", "--config", str(cfg)], env) for _ in range(5)]
+    holder = wait_for(lambda: next((r for r in runs if r.has("cold sweep 4/")), None), 30, "a sweep under way")
+    holder.popen.send_signal(signal.SIGKILL)
+    holder.kill()
+    others = [r for r in runs if r is not holder]
+    assert [r.wait(30) for r in others] == [0] * 4, "\n".join(r.log for r in others)
+    assert not any(r.has("cold sweep completed") for r in others)
+    with psycopg.connect(db) as conn:
+        wait_for(lambda: store.lock_holder(conn, "cold_sweep") is None, 10, "the dead holder's lock to expire")
+    # Round 2: five at once again; exactly one sweeps, past its TTL, to the end.
+    runs = [Proc(["--tier", "cold", "--once", "--config", str(cfg)], env) for _ in range(5)]
+    assert [r.wait(60) for r in runs] == [0] * 5, "\n".join(r.log for r in runs)
+    assert sum(r.has("cold sweep completed") for r in runs) == 1
+    rows = sweeps(db)
+    assert [r[3] for r in rows] == [None, "completed"]
+    assert_no_overlap(rows)
+    assert_exactly_once(db, world, cold)

@@ -125,7 +125,7 @@ def test_crashed_poller_and_writer_are_restarted_and_nothing_is_lost(db, world_s
 
 
 @pytest.mark.timeout(60)
-def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim):
+def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim, caplog):
     world, sim = world_sim
     follow(db, world.wallets[:1])
     s = test_settings(sim, supervision={"max_restarts": 2, "period_seconds": 60})
@@ -137,6 +137,12 @@ def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim):
         wait_for(lambda c=current: not c.is_alive(), 10, "the writer to die")
     run.thread.join(timeout=30)
     assert run.code == 4
+    # One clear line saying why, not a flood: each restart is one warning, the give-up one error.
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("polycopy")]
+    gave_up = [m for m in errors if "giving up" in m or "gave up" in m]
+    assert len(gave_up) == 1, errors
+    assert "writer" in gave_up[0] and "2" in gave_up[0]
+    assert sum("restarting writer" in r.getMessage() for r in caplog.records) == 2
 
 
 @pytest.mark.timeout(120)

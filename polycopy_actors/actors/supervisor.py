@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback as tb
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from polycopy_actors import metrics
 from polycopy_actors.actors.messages import ChildExited, Crash, Sweep
 
 log = logging.getLogger(__name__)
+
+_seen_failures: set[tuple[str, str]] = set()
+_seen_lock = threading.Lock()
 
 StartFn = Callable[[pykka.ActorRef[Any], dict[str, pykka.ActorRef[Any]]], pykka.ActorRef[Any]]
 
@@ -42,6 +46,14 @@ class SupervisedMixin:
     def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
         error = f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}"
+        # The traceback of a failure is logged once per actor and error, not on every repeat of a loop
+        # (pykka's own "Unhandled exception" lines are silenced in logs.setup_logging).
+        with _seen_lock:
+            first = (self.child_name, error) not in _seen_failures
+            _seen_failures.add((self.child_name, error))
+        if first and exception_type is not None:
+            log.warning("%s crashed: %s\n%s", self.child_name, error,
+                        "".join(tb.format_exception(exception_type, exception_value, traceback)).rstrip())
         try:
             self.supervisor.tell(ChildExited(self.child_name, self.actor_ref.actor_urn, error))
         except pykka.ActorDeadError:
