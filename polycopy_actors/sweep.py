@@ -164,6 +164,7 @@ class SweepLoop:
         self.discover = discover
         self.rng = rng or random.Random()
         self.lease = LockLease(dsn, settings, lock_owner(), self.ts.lock_ttl_seconds)
+        self.outcomes: dict[str, int] = {}
 
     def _seconds_to_slot(self) -> float:
         """Until the next slot: the last completed sweep's start + interval + jitter (DB clock)."""
@@ -187,6 +188,14 @@ class SweepLoop:
             return None
 
     def run(self, stop: threading.Event) -> int:
+        started = time.monotonic()
+        try:
+            return self._run(stop)
+        finally:
+            done = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes.items())) or "none"
+            log.info("cold tier stopped after %s: sweeps %s", _duration(time.monotonic() - started), done)
+
+    def _run(self, stop: threading.Event) -> int:
         log.info("cold sweeps every %s + up to %s jitter, lock ttl %d s, owner %s",
                  _duration(self.ts.sweep_interval_seconds), _duration(self.ts.jitter_seconds),
                  self.ts.lock_ttl_seconds, self.lease.owner)
@@ -243,6 +252,7 @@ class SweepLoop:
             except (ExitError, psycopg.Error) as exc:
                 reason = exc.message if isinstance(exc, ExitError) else scrub(str(exc).strip(), self.dsn)
                 released = f"lock NOT released ({reason}); it expires by itself"
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if outcome == "completed":
                 metrics.COLD_SWEEP_DURATION.observe(duration)
             log.info("cold sweep %s in %s: %s wallets polled; %s", outcome, _duration(duration),

@@ -45,3 +45,24 @@ def test_dockerfile_is_slim_non_root_and_runs_the_documented_command():
     assert cmd == "python -m polycopy_actors --tier hot"
     assert cmd in (PROJECT_ROOT / "README.md").read_text()
     assert not re.search(r"apt-get install|build-essential|gcc", text)
+
+
+def _leaves(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        out += _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return out
+
+
+@pytest.mark.timeout(30)
+def test_readme_documents_every_config_key_and_metric():
+    import yaml
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    defaults = yaml.safe_load((PROJECT_ROOT / "config" / "default.yaml").read_text())
+    missing = [k for k in _leaves(defaults) if f"| `{k}` |" not in readme]
+    assert missing == []
+    from polycopy_actors import metrics
+
+    names = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
+    assert names and all(f"`{n}" in readme for n in names), sorted(n for n in names if f"`{n}" not in readme)
