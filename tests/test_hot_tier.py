@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import psycopg
 import pykka
@@ -191,3 +193,58 @@ def test_sigterm_flushes_buffered_rows_and_exits_0(db, world_sim, tmp_path):
     assert elapsed < 8
     assert db_trades(db) == truth_trades(world, followed)
     assert "stopped after" in stderr and "Traceback" not in stderr
+
+
+def _polls_by_wallet(sim: Simulator, since: float) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with sim.log.lock:
+        for t, route, wallet in sim.log.times:
+            if route == "/v2/positions" and wallet and t >= since:
+                out.setdefault(wallet, []).append(t)
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_hot_wallets_are_polled_every_one_to_three_seconds_and_new_follows_join(db, world_sim):
+    """Seed criterion 1: hot traders update within seconds (default schedule: every 1-3 s, cooldown 1 s)."""
+    world, sim = world_sim
+    followed, late = world.wallets[:3], world.wallets[3]
+    follow(db, followed)
+    s = test_settings(sim, tiers={"hot": {"poll_interval_seconds": {"min": 1, "max": 3}, "wallet_cooldown_seconds": 1,
+                                          "refresh_interval_seconds": 2}})
+    with Running(s, db):
+        wait_for(lambda: len(_polls_by_wallet(sim, 0)) == 3, 20, "first polls")
+        start = time.time()
+        wait_for(lambda: time.time() - start > 10, 15, "ten seconds of polling")
+        follow(db, [late])
+        followed_at = time.time()
+        wait_for(lambda: late in _polls_by_wallet(sim, followed_at), 10, "the newly followed wallet's first poll")
+        polls = _polls_by_wallet(sim, start)
+    for wallet in followed:
+        gaps = [b - a for a, b in zip(polls[wallet], polls[wallet][1:], strict=False)]
+        assert gaps and min(gaps) >= 0.9 and max(gaps) <= 3.6, (wallet, gaps)  # 1-3 s, plus request time
+    assert min(polls[late]) - followed_at <= 2 + 3.5  # one refresh interval, then due at once
+
+
+@pytest.mark.timeout(60)
+def test_a_trade_changed_at_the_api_is_overwritten_latest_wins(db, world_sim):
+    """Seed criterion 3: trade updates overwrite correctly (trade_id unique, latest wins)."""
+    world, sim = world_sim
+    wallet = world.wallets[0]
+    follow(db, [wallet])
+    market = world.add_market()
+    fill = world.trade(wallet, market, 0, "BUY", 10, price="0.40")
+    with Running(test_settings(sim), db):
+        def price() -> object:
+            with psycopg.connect(db) as conn:
+                row = conn.execute("SELECT price, count(*) OVER () FROM trades_public WHERE transaction_hash = %s",
+                                   (fill.tx,)).fetchone()
+            return row
+        wait_for(lambda: price() == (Decimal("0.40"), 1), 20, "the trade")
+        with world.lock:  # the API now reports the same fill with a corrected price and title
+            world.fills[world.fills.index(fill)] = dataclasses.replace(fill, price=Decimal("0.41"))
+            market.question = "Renamed market"
+        wait_for(lambda: price() == (Decimal("0.41"), 1), 20, "the corrected price, still one row")
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT title FROM trades_public WHERE transaction_hash = %s", (fill.tx,)
+                            ).fetchone() == ("Renamed market",)
