@@ -15,7 +15,8 @@ from polycopy_actors.ratelimit import TokenBucket
 from polycopy_actors.reconcile import Held, classify, diff_positions
 from polycopy_actors.schedule import Schedule
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "polymarket-samples"
+#: Real API bodies (provenance in SOURCES.md), copied from the project's shared facts so CI needs nothing else.
+SAMPLES = Path(__file__).resolve().parent / "data" / "polymarket-samples"
 
 
 def test_bucket_allows_burst_then_the_rate():
