@@ -23,6 +23,7 @@ from polycopy_actors import __version__, metrics
 from polycopy_actors.config import ApiSettings
 from polycopy_actors.models import (
     Activity,
+    ClosedPosition,
     MalformedItem,
     Market,
     Position,
@@ -30,6 +31,7 @@ from polycopy_actors.models import (
     Trade,
     assign_trade_ids,
     parse_activity,
+    parse_closed_position,
     parse_fill,
     parse_market,
     parse_position,
@@ -46,6 +48,8 @@ V1_ACTIVITY_OFFSET_MAX = 5_000
 V1_POSITIONS_LIMIT_MAX = 500
 V1_POSITIONS_OFFSET_MAX = 10_000
 V2_LIMIT_MAX = 1_000
+#: An answer older than this (``Age`` header) came from a cache, not the API.
+STALE_AGE_SECONDS = 30
 GAMMA_IDS_PER_REQUEST = 50
 #: v1 route of a request, for error messages that tell a user v1 may be retired.
 V1_RETIRED_STATUSES = (404, 410)
@@ -100,6 +104,10 @@ class PolymarketClient:
         self.requests_sent = 0
         #: Items skipped as malformed so far (the poller holds a cursor when a read skipped any).
         self.malformed_items = 0
+        #: ``Age`` of the last answer, when a cache in front of the API served it.
+        self.last_age: float | None = None
+        # Ask caches in front of the API for a fresh answer (a CDN may ignore it: see _trades_v2).
+        self.session.headers["Cache-Control"] = "no-cache"
 
     def close(self) -> None:
         self.session.close()
@@ -176,6 +184,7 @@ class PolymarketClient:
                     log.error("GET %s answered %d: the data API v1 routes may be retired; "
                               "set api.data_api_version: v2 (POLYCOPY_DATA_API_VERSION=v2)", path, status)
                 raise ApiError("client", f"GET {path} {_describe_params(params)}: HTTP {status}: {detail}", status)
+            self.last_age = _age(resp)
             try:
                 return resp.json(parse_float=Decimal)
             except ValueError:
@@ -244,12 +253,50 @@ class PolymarketClient:
         return assign_trade_ids(fills)
 
     def _trades_v2(self, wallet: str, start: int) -> list[RawFill]:
-        params = {"user": wallet, "limit": min(self.api.page_size, V2_LIMIT_MAX), "taker_only": "false",
-                  "start": start}
-        out: list[RawFill] = []
-        for rows in self._v2_pages("/v2/trades", params, "trades"):
-            out.extend(f for f in self._parse_rows(rows, parse_fill, "trades", wallet) if f.wallet == wallet)
+        limit = min(self.api.page_size, V2_LIMIT_MAX)
+        out, age = self._trades_v2_walk(wallet, start, limit)
+        if age is not None and age > STALE_AGE_SECONDS:
+            # A CDN answered this URL from its cache (seen with max-age=300 on /v2/trades?user=): read
+            # again through another URL (one row less per page: the same rows, a URL it has not cached).
+            metrics.API_STALE.labels("trades").inc()
+            log.warning("GET /v2/trades for %s was served from a cache (Age %d s): reading again past it",
+                        wallet, age)
+            out, age = self._trades_v2_walk(wallet, start, limit - 1 if limit > 1 else limit + 1)
         return out
+
+    def _trades_v2_walk(self, wallet: str, start: int, limit: int) -> tuple[list[RawFill], float | None]:
+        params = {"user": wallet, "limit": limit, "taker_only": "false", "start": start}
+        out: list[RawFill] = []
+        oldest_age: float | None = None
+        for rows in self._v2_pages("/v2/trades", params, "trades"):
+            if self.last_age is not None:
+                oldest_age = max(oldest_age or 0.0, self.last_age)
+            out.extend(f for f in self._parse_rows(rows, parse_fill, "trades", wallet) if f.wallet == wallet)
+        return out, oldest_age
+
+    def api_lag(self) -> float:
+        """The API's own serving lag in seconds (``/v2/status``, "Get data freshness")."""
+        body = self.get_json(self.api.data_api_url, "/v2/status", {}, "status")
+        if isinstance(body, dict) and isinstance(body.get("data"), dict):
+            body = body["data"]
+        serving = body.get("serving") if isinstance(body, dict) else None
+        lag = serving.get("lag_seconds") if isinstance(serving, dict) else None
+        if isinstance(lag, bool) or not isinstance(lag, (int, float, Decimal)):
+            raise ApiError("malformed", "GET /v2/status: no serving.lag_seconds")
+        return float(lag)
+
+    def closed_positions(self, wallet: str, limit: int = 50) -> list[ClosedPosition]:
+        """The API's own latest closed positions of a wallet (v1 ``/closed-positions``, v2
+        ``/v2/positions?status=CLOSED``): a cross-check of the closes this service derives."""
+        if self.version == "v2":
+            body = self.get_json(self.api.data_api_url, "/v2/positions",
+                                 {"user": wallet, "status": "CLOSED", "limit": limit}, "positions")
+            rows = body.get("data") if isinstance(body, dict) else None
+        else:
+            rows = _v1_list(self.get_json(self.api.data_api_url, "/closed-positions",
+                                          {"user": wallet, "limit": min(limit, 50)}, "closed_positions"))
+        return [p for p in self._parse_rows(rows, parse_closed_position, "closed_positions", wallet)
+                if p.wallet == wallet]
 
     def _trades_v1(self, wallet: str, start: int) -> list[RawFill]:
         limit = min(self.api.page_size, V1_TRADES_LIMIT_MAX)
@@ -387,6 +434,14 @@ class PolymarketClient:
                 if market.condition_id in chunk and market.is_closed:
                     out[market.condition_id] = market
         return out
+
+
+def _age(resp: requests.Response) -> float | None:
+    raw = resp.headers.get("Age")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _describe_params(params: dict[str, Any] | list[tuple[str, Any]]) -> str:

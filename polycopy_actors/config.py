@@ -98,6 +98,8 @@ class ApiSettings:
     initial_backfill_seconds: int = field(metadata=_rng(ge=0))
     #: Seconds re-read behind a wallet's watermark (the API shows trades late and out of order).
     overlap_seconds: int = field(metadata=_rng(ge=0))
+    #: v2: how often one poller reads ``/v2/status`` (the API's own lag); 0 = never.
+    status_interval_seconds: float = field(metadata=_rng(ge=0))
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ API_DURATION = Histogram("polycopy_api_request_duration_seconds", "HTTP request 
                          buckets=_LAT)
 API_ITEMS_MALFORMED = Counter("polycopy_api_items_malformed_total", "API items skipped as malformed",
                               ["endpoint", "field"])
+API_STALE = Counter("polycopy_api_stale_responses_total", "Answers served from a cache in front of the API, read again",
+                    ["endpoint"])
+API_LAG = Gauge("polycopy_api_lag_seconds", "The data API's own serving lag (/v2/status)", multiprocess_mode="max")
 WALLET_POLLS = Counter("polycopy_wallet_polls_total", "Wallet polls", ["tier", "result"])
 TRADES_UPSERTED = Counter("polycopy_trades_upserted_total", "Trade rows upserted", ["tier"])
 POSITION_CHANGES = Counter("polycopy_position_changes_total", "Position changes detected", ["kind"])

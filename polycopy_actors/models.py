@@ -288,6 +288,29 @@ def parse_position(item: Any) -> Position:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedPosition:
+    """A row of v1 ``/closed-positions`` or v2 ``/v2/positions?status=CLOSED``."""
+
+    wallet: str
+    asset: str
+    condition_id: str
+    avg_price: Decimal
+    closed_at: int
+
+
+def parse_closed_position(item: Any) -> ClosedPosition:
+    if not isinstance(item, dict):
+        raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
+    return ClosedPosition(
+        wallet=_wallet(item, "proxyWallet", "proxy_wallet"),
+        asset=_token(item, "asset", "token_id"),
+        condition_id=_hex(item, 64, "conditionId", "condition_id"),
+        avg_price=_decimal(item, "avgPrice", "avg_price"),
+        closed_at=_timestamp(item, "timestamp", "last_event_at"),
+    )
+
+
 def parse_activity(item: Any) -> Activity:
     if not isinstance(item, dict):
         raise MalformedItem("item", f"expected an object, got {type(item).__name__}")

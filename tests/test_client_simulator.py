@@ -13,6 +13,13 @@ Points of ``polymarket-api.md`` the simulator follows (each checked below or in 
 7. gamma ``/markets``: without ``closed`` behaves as ``closed=false``; ``outcomes``, ``outcomePrices``,
    ``clobTokenIds`` are JSON-encoded strings; offsets past 2,000 answer 422.
 8. Rate limit per 10 s window per route: requests are delayed, then answered 429 with ``Retry-After`` and an HTML body.
+9. v2 ``/v2/positions`` ``status``: ``OPEN`` (default) is the superset (a resolved, unredeemed position is listed);
+   ``REDEEMABLE``, ``REDEEMABLE_LOST``, ``MERGEABLE`` narrow it; ``CLOSED`` is the closed book
+   (v1 ``/closed-positions``).
+10. ``/v2/status``: not paginated, no parameters; ``computed_at``, ``age_seconds``, ``serving.lag_seconds`` (the
+    worst projection, named in ``serving.worst``) and ``ingestion``.
+11. A CDN may answer ``/v2/trades?user=`` from its cache (``Cache-Control: max-age=300``, ``Age``) until the URL
+    changes (simulated with ``SimConfig.cdn_cache_seconds``).
 """
 
 from __future__ import annotations
@@ -204,3 +211,52 @@ def test_simulator_positions_follow_from_its_trades():
     for key, size in held.items():
         if size > 0 and key not in world.positions:
             assert key in closed  # redeemed, merged or archived
+
+
+def test_api_lag_and_the_closed_book_read_from_the_simulator():
+    world = World(seed=13, markets=4, wallets=3)
+    for _ in range(120):
+        world.step()
+    sim = Simulator(world, SimConfig(seed=13, status_lag_seconds=7.5)).start()
+    try:
+        assert _client(sim, "v2").api_lag() == 7.5
+        wallet = Counter(c.wallet for c in world.closes).most_common(1)[0][0]
+        truth = sorted((c.asset, c.closed_at) for c in world.closes if c.wallet == wallet)
+        assert 0 < len(truth) <= 50
+        for version in ("v1", "v2"):
+            got = _client(sim, version).closed_positions(wallet)
+            assert sorted((p.asset, p.closed_at) for p in got) == truth
+            assert all(p.wallet == wallet and p.avg_price > 0 for p in got)
+        m = world.open_markets()[0]
+        holder = world.wallets[0]
+        world.trade(holder, m, 0, "BUY", 5)
+        world.trade(holder, m, 1, "BUY", 5)
+        world.resolve(m, 1)
+        base = sim.base_url
+        by_status = {s: {r["token_id"] for r in (requests.get(f"{base}/v2/positions", params={
+            "user": holder, "status": s, "condition": m.condition_id}, timeout=5).json()["data"] or [])
+            if r["condition_id"] == m.condition_id} for s in ("OPEN", "REDEEMABLE", "REDEEMABLE_LOST")}
+        assert by_status["OPEN"] == set(m.assets)  # the superset keeps both, resolved
+        assert by_status["REDEEMABLE"] == {m.assets[1]} and by_status["REDEEMABLE_LOST"] == {m.assets[0]}
+    finally:
+        sim.stop()
+
+
+def test_a_cdn_cached_trades_answer_is_read_again_past_the_cache():
+    world = World(seed=14, markets=3, wallets=2)
+    for _ in range(20):
+        world.step()
+    sim = Simulator(world, SimConfig(seed=14, cdn_cache_seconds=300)).start()
+    try:
+        wallet = world.wallets[0]
+        client = _client(sim, "v2")
+        first = client.trades_since(wallet, 1)
+        stale_before = metrics.API_STALE.labels("trades")._value.get()
+        new = world.trade(wallet, world.open_markets()[0], 0, "BUY", 3)
+        with sim._cdn_lock:  # the cached answer is two minutes old now
+            sim._cdn = {url: (t - 120, body) for url, (t, body) in sim._cdn.items()}
+        again = client.trades_since(wallet, 1)
+        assert len(again) == len(first) + 1 and any(t.transaction_hash == new.tx for t in again)
+        assert metrics.API_STALE.labels("trades")._value.get() == stale_before + 1
+    finally:
+        sim.stop()

@@ -64,6 +64,7 @@ def test_counters_follow_the_work_and_health_follows_the_api(db, tmp_path):
         for name in CONTRACT:
             assert any(n == name or n.startswith(name + "_") for n in text_names), name
         assert metric(m, "polycopy_wallets", tier="hot") == len(followed)
+        assert metric(m, "polycopy_api_lag_seconds") == 1.0  # the simulator's /v2/status serving lag
         ok_polls = metric(m, "polycopy_wallet_polls_total", tier="hot", result="ok")
         assert ok_polls >= len(followed)
         assert metric(m, "polycopy_api_requests_total", endpoint="positions", status="200") >= ok_polls

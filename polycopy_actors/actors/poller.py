@@ -190,6 +190,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         #: start of each wallet's last successful poll: when its positions were last seen
         self.last_ok: dict[str, datetime] = {}
         self.next_refresh = 0.0
+        self.next_status = 0.0
         self.pass_pending: set[str] | None = None
         self.client: PolymarketClient | None = None
 
@@ -230,6 +231,8 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         now = time.monotonic()
         if now >= self.next_refresh:
             self._refresh(now)
+        if self.index == 0 and now >= self.next_status:
+            self._check_api_lag(now)
         wallet = self.schedule.pop_due(now)
         if wallet is not None:
             try:
@@ -302,6 +305,27 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.pass_pending = set(added)
             tracker.add(added)
         self._check_pass()
+
+    def _check_api_lag(self, now: float) -> None:
+        """Poller 0 only: the API's own lag (``/v2/status``). Trades shown later than the overlap
+        window behind a cursor would be read only by luck: say so."""
+        api = self.ctx.settings.api
+        if api.status_interval_seconds <= 0 or api.data_api_version != "v2" or self.client is None:
+            self.next_status = float("inf")
+            return
+        self.next_status = now + api.status_interval_seconds
+        try:
+            lag = self.client.api_lag()
+        except Stopped:
+            return
+        except ApiError as exc:
+            log.warning("could not read the API's lag from /v2/status: %s", exc)
+            return
+        metrics.API_LAG.set(lag)
+        if lag > api.overlap_seconds:
+            log.warning("the data API reports a serving lag of %.0f s, more than api.overlap_seconds (%d): "
+                        "late trades may fall behind the re-read window; raise api.overlap_seconds", lag,
+                        api.overlap_seconds)
 
     def _check_pass(self) -> None:
         if self.pass_pending is not None and not self.pass_pending and self.ctx.once is not None:

@@ -58,6 +58,11 @@ class SimConfig:
     max_delay_seconds: float = 1.0
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
+    #: A CDN in front of ``/v2/trades?user=``: the same URL answers the same body (with ``Age`` and
+    #: ``Cache-Control: max-age=300``) for this long, whatever the request headers say. 0 = no cache.
+    cdn_cache_seconds: float = 0.0
+    #: What ``/v2/status`` reports as the serving lag (the API's own view of how late it is).
+    status_lag_seconds: float = 1.0
 
 
 class RequestLog:
@@ -189,6 +194,8 @@ class Simulator:
         self.limiter = RateLimiter()
         self._rng = random.Random(self.config.seed)
         self._rng_lock = threading.Lock()
+        self._cdn: dict[str, tuple[float, bytes]] = {}
+        self._cdn_lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -229,6 +236,23 @@ class Simulator:
     def set_faults(self, faults: Faults) -> None:
         self.config = replace(self.config, faults=faults)
 
+    def cdn_lookup(self, url: str) -> tuple[float, bytes] | None:
+        """(age, body) of a cached answer for exactly this URL, while it is fresh for the CDN."""
+        if self.config.cdn_cache_seconds <= 0:
+            return None
+        with self._cdn_lock:
+            hit = self._cdn.get(url)
+        if hit is None or time.time() - hit[0] > self.config.cdn_cache_seconds:
+            return None
+        return time.time() - hit[0], hit[1]
+
+    def cdn_store(self, url: str, payload: bytes) -> None:
+        if self.config.cdn_cache_seconds > 0:
+            with self._cdn_lock:
+                self._cdn.setdefault(url, (time.time(), payload))
+                if time.time() - self._cdn[url][0] > self.config.cdn_cache_seconds:
+                    self._cdn[url] = (time.time(), payload)
+
     def _chance(self, rate: float) -> bool:
         if rate <= 0:
             return False
@@ -253,8 +277,9 @@ class Simulator:
             if path == "/v2/positions":
                 return 200, self.v2_positions(q), {}
             if path == "/v2/status":
-                newest = max((f.timestamp for f in w.fills), default=0)
-                return 200, {"data": {"watermark": newest, "lag_seconds": 0}}, {}
+                return 200, self.v2_status(), {}
+            if path == "/closed-positions":
+                return 200, self.v1_closed_positions(q), {}
             if path == "/markets":
                 return 200, self.gamma_markets(q, multi), {}
             if path == "/_sim/truth":
@@ -440,6 +465,57 @@ class Simulator:
         return {"data": [render(r[2]) for r in page],
                 "pagination": {"limit": limit, "offset": 0, "has_more": has_more, "next_cursor": next_cursor}}
 
+    def v2_status(self) -> dict[str, Any]:
+        """Data freshness (docs: "Get data freshness"): a background snapshot, its age, the serving
+        lag (worst projection, named) and the ingestion tail. Not paginated, no parameters."""
+        now = time.time()
+        lag = self.config.status_lag_seconds
+        newest = max((f.timestamp for f in self.world.fills), default=int(now))
+        return {
+            "computed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "age_seconds": 0,
+            "serving": {"lag_seconds": lag, "worst": "activity_feed",
+                        "projections": {"activity_feed": {"lag_seconds": lag}, "custody_balances": {"lag_seconds": 0},
+                                        "pnl_engine": {"lag_seconds": 0}}},
+            "ingestion": {"tail": {"block_timestamp": newest, "lag_seconds": max(0.0, now - newest)}, "worst": []},
+        }
+
+    def _closes_of(self, wallet: str) -> list[Any]:
+        rows = [c for c in self.world.closes if c.wallet == wallet]
+        rows.sort(key=lambda c: (c.closed_at, c.seq), reverse=True)
+        return rows
+
+    def v1_closed_positions(self, q: dict[str, str]) -> list[dict[str, Any]]:
+        wallet = _wallet_param(q)
+        assert wallet is not None
+        limit = _int_param(q, "limit", 10, 0, 50, clamp=True)
+        offset = _int_param(q, "offset", 0, 0, 100_000)
+        out = []
+        for c in self._closes_of(wallet)[offset:offset + limit]:
+            m = self.world.markets[c.condition_id]
+            out.append({
+                "proxyWallet": c.wallet, "asset": c.asset, "conditionId": c.condition_id, "avgPrice": _f(c.avg_price),
+                "totalBought": _f(c.total_bought), "realizedPnl": 0.0, "curPrice": _f(m.price(c.outcome_index)),
+                "title": m.question, "slug": m.slug, "icon": "", "eventSlug": m.slug,
+                "outcome": m.outcomes[c.outcome_index], "outcomeIndex": c.outcome_index,
+                "oppositeOutcome": m.outcomes[1 - c.outcome_index], "oppositeAsset": m.assets[1 - c.outcome_index],
+                "endDate": "2026-12-31T00:00:00Z", "timestamp": c.closed_at,
+            })
+        return out
+
+    def _v2_closed(self, wallet: str, start_index: int, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        rows = self._closes_of(wallet)
+        data = []
+        for c in rows[start_index:start_index + limit]:
+            m = self.world.markets[c.condition_id]
+            data.append({
+                "proxy_wallet": c.wallet, "condition_id": c.condition_id, "token_id": c.asset,
+                "outcome": m.outcomes[c.outcome_index], "outcome_index": c.outcome_index, "title": m.question,
+                "status": "CLOSED", "current_size": 0.0, "avg_price": _f(c.avg_price),
+                "entry_cost_usdc": _f(c.total_bought * c.avg_price), "current_value": 0.0, "realized_pnl": 0.0,
+                "unrealized_pnl": 0.0, "redeemable": False, "mergeable": False, "last_event_at": c.closed_at,
+            })
+        return data, start_index + limit < len(rows)
+
     def v2_positions(self, q: dict[str, str]) -> dict[str, Any]:
         wallet = _wallet_param(q)
         assert wallet is not None
@@ -449,11 +525,22 @@ class Simulator:
         start_index = 0
         if cursor is not None:
             limit, start_index = int(cursor["l"]), int(cursor["i"])
+        if status == "CLOSED":
+            closed, has_more = self._v2_closed(wallet, start_index, limit)
+            next_cursor = _b64({"i": start_index + limit, "l": limit}) if has_more else None
+            return {"data": closed or None,
+                    "pagination": {"limit": limit, "offset": 0, "has_more": has_more, "next_cursor": next_cursor}}
+        # OPEN (the default) is the superset: a resolved, unredeemed position still holds its tokens.
         rows = self._listed_positions(wallet, Decimal("0.1"))
         if status == "REDEEMABLE":
-            rows = [p for p in rows if p.market.winner is not None]
+            rows = [p for p in rows if p.market.winner is not None and p.market.winner == p.outcome_index]
+        elif status == "REDEEMABLE_LOST":
+            rows = [p for p in rows if p.market.winner is not None and p.market.winner != p.outcome_index]
+        elif status == "MERGEABLE":
+            held = {(p.market.condition_id, p.outcome_index) for p in rows}
+            rows = [p for p in rows if p.market.winner is None and (p.market.condition_id, 1 - p.outcome_index) in held]
         elif status != "OPEN":
-            raise ApiFail(400, f"status {status} is not served by this simulator", parameter="status")
+            raise ApiFail(400, f"unknown status {status!r}", parameter="status")
         page = rows[start_index:start_index + limit]
         has_more = start_index + limit < len(rows)
         data = []
@@ -560,6 +647,12 @@ class Simulator:
                     if applies and sim._chance(faults.malformed_json_rate):
                         self._send(200, "application/json", b'{"data": [{"proxy_wallet": "0x', {})
                         return
+                cached = sim.cdn_lookup(self.path) if path == "/v2/trades" and "user" in q else None
+                if cached is not None:
+                    age, payload = cached
+                    self._send(200, "application/json", payload,
+                               {"Age": str(int(age)), "Cache-Control": "max-age=300"})
+                    return
                 try:
                     status, body, headers = sim.route(path, q, multi)
                 except ApiFail as exc:
@@ -570,7 +663,10 @@ class Simulator:
                     return
                 if not path.startswith("/_sim/") and (faults.wallets is None or wallet in faults.wallets):
                     body = sim._corrupt(body)
-                self._send(status, "application/json", json.dumps(body).encode(), headers)
+                payload = json.dumps(body).encode()
+                if path == "/v2/trades" and "user" in q and status == 200:
+                    sim.cdn_store(self.path, payload)
+                self._send(status, "application/json", payload, headers)
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)

@@ -92,6 +92,10 @@ class ExpectedClose:
     closed_at: int
     #: Order among fills and other events (the world's sequence).
     seq: int = 0
+    #: What the position held when it closed (for /closed-positions and /v2/positions?status=CLOSED).
+    avg_price: Decimal = Decimal(0)
+    total_bought: Decimal = Decimal(0)
+    outcome_index: int = 0
 
 
 @dataclass
@@ -122,8 +126,11 @@ class World:
         self.seq += 1
         return self.seq
 
-    def _close(self, close: ExpectedClose) -> None:
+    def _close(self, close: ExpectedClose, pos: SimPosition | None = None) -> None:
         close.seq = self._next_seq()
+        if pos is not None:
+            close.avg_price, close.total_bought = pos.avg_price, pos.total_bought
+            close.outcome_index = pos.outcome_index
         self.closes.append(close)
 
     def add_market(self) -> SimMarket:
@@ -186,7 +193,7 @@ class World:
                 if pos.size <= 0:
                     del self.positions[key]
                     self._close(ExpectedClose(wallet, key[1], market.condition_id, "manual_close",
-                                                     pos.opened_at, ts))
+                                                     pos.opened_at, ts), pos)
             return fill
 
     def multi_fill(self, wallet: str, fills: list[tuple[SimMarket, int, str, Any, Any]], ts: int | None = None,
@@ -220,7 +227,7 @@ class World:
                     continue
                 gone.append(key[1])
                 payout += pos.size if index == market.winner else Decimal(0)
-                self._close(ExpectedClose(wallet, key[1], market.condition_id, "redeemed", pos.opened_at, ts))
+                self._close(ExpectedClose(wallet, key[1], market.condition_id, "redeemed", pos.opened_at, ts), pos)
             self.activity.append(SimActivity(self._next_seq(), wallet, "REDEEM", market, ts, tx, payout))
             return gone
 
@@ -236,7 +243,7 @@ class World:
                     gone.append(key[1])
                     self._close(ExpectedClose(wallet, key[1], market.condition_id,
                                                      "market_closed" if market.closed else "manual_close",
-                                                     pos.opened_at, ts))
+                                                     pos.opened_at, ts), pos)
             self.activity.append(SimActivity(self._next_seq(), wallet, "MERGE", market, ts, _hex(self.rng, 64),
                                              Decimal(0)))
             return gone
@@ -251,7 +258,7 @@ class World:
             for key in [k for k, p in self.positions.items() if p.market is market]:
                 pos = self.positions.pop(key)
                 self._close(ExpectedClose(key[0], key[1], market.condition_id, "market_closed",
-                                                 pos.opened_at, ts))
+                                                 pos.opened_at, ts), pos)
 
     def backlog(self, wallet: str, count: int, end_ts: int | None = None, per_second: int = 3) -> None:
         """``count`` past fills of one wallet (several per second), ending at ``end_ts``."""
