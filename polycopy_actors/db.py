@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ def open_database(settings: Settings) -> Database:
     if not data_dir.is_absolute():
         data_dir = Path.cwd() / data_dir
     try:
-        import pgserver  # noqa: PLC0415 - optional dependency
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers)
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            import pgserver  # noqa: PLC0415 - optional dependency
     except ImportError:
         raise ExitError(
             RET_DATABASE,
@@ -89,7 +92,9 @@ def open_database(settings: Settings) -> Database:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log.info("DATABASE_URL is not set: starting the embedded PostgreSQL in %s", data_dir)
     try:
-        server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers)
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
     except Exception as exc:  # pgserver raises plain exceptions of several kinds
         raise ExitError(RET_DATABASE, f"could not start the embedded PostgreSQL in {data_dir}: {exc}") from None
     return Database(dsn=server.get_uri(), embedded=True, _server=server)
