@@ -327,8 +327,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str, sources: dict[str, str]
         if key not in fields:
             path = prefix + str(key)
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{_source_of(path, sources)}: {path if key else repr(path)}: unknown key "
-                              f"(known here: {known})")
+            shown = path if key and path.isprintable() else repr(path)
+            raise ConfigError(f"{_source_of(path, sources)}: {shown}: unknown key (known here: {known})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         path = prefix + name

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pykka
 import pytest
+from hypothesis import settings as hypothesis_settings
 from psycopg import conninfo
 
 from polycopy_actors.config import Settings, load_settings
@@ -130,6 +131,13 @@ def _deep(base: dict[str, Any], extra: dict[str, Any]) -> None:
             _deep(base[key], value)
         else:
             base[key] = value
+
+
+# CI replays the same examples every run (a failure is reproducible); explore with
+# `pytest --hypothesis-profile=explore` for new random ones.
+hypothesis_settings.register_profile("ci", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False, max_examples=2000)
+hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ and the comparison of the database with the simulator's ground truth."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -183,6 +184,9 @@ class Proc:
 
     def has(self, text: str) -> bool:
         return any(text in line for line in list(self.lines))
+
+    def search(self, pattern: str) -> bool:
+        return any(re.search(pattern, line) for line in list(self.lines))
 
     def wait(self, timeout: float) -> int:
         try:
