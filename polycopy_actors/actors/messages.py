@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+import pykka
 
 from polycopy_actors.models import Position, Trade
 from polycopy_actors.reconcile import Close
@@ -90,3 +94,24 @@ class PollResult:
     watermark: datetime | None = None
     upserts: tuple[tuple[Position, datetime], ...] = ()
     closes: tuple[Close, ...] = field(default=())
+
+
+class Ticker:
+    """A daemon thread that ``tell``s ``message`` to an actor every ``interval`` seconds until stopped
+    or the actor is dead. The thread only sends; the actor's own thread does the work."""
+
+    def __init__(self, ref: pykka.ActorRef[Any], message: Any, interval: float, name: str) -> None:
+        self._stop = threading.Event()
+        self._ref, self._message, self._interval = ref, message, interval
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._ref.tell(self._message)
+            except pykka.ActorDeadError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -26,7 +26,7 @@ from typing import Any
 import pykka
 
 from polycopy_actors import metrics
-from polycopy_actors.actors.messages import ChildExited, Crash, Sweep
+from polycopy_actors.actors.messages import ChildExited, Crash, Sweep, Ticker
 
 log = logging.getLogger(__name__)
 
@@ -100,26 +100,21 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
         self.children: dict[str, pykka.ActorRef[Any]] = {}
         self.restarts: deque[float] = deque()
         self.gave_up = False
-        self._ticker_stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._ticker: Ticker | None = None
 
     # --- life cycle ----------------------------------------------------------------------------------
 
     def on_start(self) -> None:
         for spec in self.specs:
             self._start_child(spec)
-        self._ticker = threading.Thread(target=self._tick, name=f"{self.child_name}-liveness", daemon=True)
-        self._ticker.start()
+        self._ticker = Ticker(self.actor_ref, Sweep(), self.liveness_interval, f"{self.child_name}-liveness")
 
-    def _tick(self) -> None:
-        while not self._ticker_stop.wait(self.liveness_interval):
-            try:
-                self.actor_ref.tell(Sweep())
-            except pykka.ActorDeadError:
-                return
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None:
+            self._ticker.stop()
 
     def on_stop(self) -> None:
-        self._ticker_stop.set()
+        self._stop_ticker()
         self._stop_children(0)
 
     def _start_child(self, spec: ChildSpec) -> None:
@@ -167,7 +162,7 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
             reason = (f"{self.child_name}: {name} failed ({error}); more than {self.max_restarts} restarts in "
                       f"{self.period:.0f} s: giving up")
             log.error(reason)
-            self._ticker_stop.set()
+            self._stop_ticker()
             self._stop_children(0)
             if self.supervisor is not None:
                 try:

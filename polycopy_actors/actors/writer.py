@@ -15,7 +15,6 @@ Threads: the actor's thread does everything; the ticker thread only sends ``Flus
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pykka
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from polycopy_actors import metrics, store
-from polycopy_actors.actors.messages import Crash, FlushTick, LoadState, PollResult, TierWallets
+from polycopy_actors.actors.messages import Crash, FlushTick, LoadState, PollResult, Ticker, TierWallets
 from polycopy_actors.actors.supervisor import SupervisedMixin
 from polycopy_actors.config import Settings
 from polycopy_actors.db import make_pool, scrub
@@ -219,22 +218,17 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
         self.failures = 0
         self.retry_at = 0.0
         self.down_since: float | None = None
-        self._ticker_stop = threading.Event()
+        self._ticker: Ticker | None = None
 
     def on_start(self) -> None:
         self.pool = make_pool(self.dsn, self.settings, name="polycopy-writer")
         self.pool.open(wait=False)
-        threading.Thread(target=self._tick, name="writer-flush-ticker", daemon=True).start()
-
-    def _tick(self) -> None:
-        while not self._ticker_stop.wait(self.settings.writer.flush_interval_seconds):
-            try:
-                self.actor_ref.tell(FlushTick())
-            except pykka.ActorDeadError:
-                return
+        self._ticker = Ticker(self.actor_ref, FlushTick(), self.settings.writer.flush_interval_seconds,
+                              "writer-flush-ticker")
 
     def on_stop(self) -> None:
-        self._ticker_stop.set()
+        if self._ticker is not None:
+            self._ticker.stop()
         deadline = time.monotonic() + max(1.0, self.settings.shutdown_timeout_seconds - 2)
         while len(self.buffer) and time.monotonic() < deadline:
             if not self._flush():
