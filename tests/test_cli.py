@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
+
+from polycopy_actors import store
 
 W1 = "0x" + "1a" * 20
 W2 = "0x" + "2B" * 20
@@ -70,3 +73,19 @@ def test_traders_and_status(db):
     assert json.loads(run("status", "--json", dsn=db).stdout)["tiers"]["cold"]["wallets"] == 0
     text = run("status", dsn=db)
     assert text.returncode == 0 and "lock_holder" in text.stdout
+
+
+@pytest.mark.timeout(60)
+def test_json_logs_are_one_object_per_line(db, simulator, tmp_path):
+    import json
+
+    from tests.helpers import Proc, cli_env, write_config
+
+    cfg = write_config(tmp_path / "j.yaml", {"metrics": {"port": 0}, "tiers": {"cold": {"jitter_seconds": 0}}})
+    with psycopg.connect(db) as conn:
+        store.add_traders(conn, simulator.world.wallets[:2])
+    proc = Proc(["--tier", "cold", "--once", "--log-format", "json", "--config", str(cfg)], cli_env(db, simulator))
+    assert proc.wait(40) == 0, proc.log
+    records = [json.loads(line) for line in proc.lines if line.strip()]
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert any("cold sweep completed" in r["msg"] for r in records)
