@@ -101,7 +101,6 @@ class PolymarketClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"polycopy_actors/{__version__} (+copy-trading data pipeline)"
         self.session.headers["Accept"] = "application/json"
-        self.requests_sent = 0
         #: Items skipped as malformed so far (the poller holds a cursor when a read skipped any).
         self.malformed_items = 0
         #: ``Age`` of the last answer, when a cache in front of the API served it.
@@ -160,7 +159,6 @@ class PolymarketClient:
                 self._sleep(self._backoff(attempt))
                 continue
             finally:
-                self.requests_sent += 1
                 metrics.API_DURATION.labels(endpoint).observe(time.monotonic() - started)
             status = resp.status_code
             metrics.API_REQUESTS.labels(endpoint, str(status)).inc()

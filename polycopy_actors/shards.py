@@ -91,7 +91,6 @@ class ShardSet:
         self.mp = multiprocessing.get_context("spawn")
         self.procs: dict[int, BaseProcess] = {}
         self.restarts: deque[float] = deque()
-        self.gave_up = False
 
     def alive(self) -> tuple[int, int]:
         """(shards alive, shards wanted) for /healthz."""
@@ -157,7 +156,6 @@ class ShardSet:
                     if len(self.restarts) > sup.max_restarts:
                         log.error("shard %d exited (%s): more than %d restarts in %.0f s, giving up", index + 1,
                                   how, sup.max_restarts, sup.period_seconds)
-                        self.gave_up = True
                         return RET_GAVE_UP
                     log.warning("shard %d exited (%s): restarting it (%d restart(s) in the last %.0f s)",
                                 index + 1, how, len(self.restarts), sup.period_seconds)
