@@ -19,7 +19,7 @@ import psycopg
 import yaml
 
 from polycopy_actors import store
-from polycopy_actors.simulator import Simulator, World
+from polycopy_actors.simulator import SimConfig, Simulator, World
 from polycopy_actors.system import ActorSystem
 
 
@@ -145,6 +145,15 @@ def report(dsn: str, world: World, wallets: list[str]) -> str:
 def track_from_now(world: World) -> None:
     with world.lock:
         world.tracking_from = world.seq  # type: ignore[attr-defined]
+
+
+def started_world(seed: int, markets: int, wallets: int, steps: int, **config: Any) -> tuple[World, Simulator]:
+    """A seeded world stepped ``steps`` times (trading history), served by a started simulator;
+    ``config``: SimConfig fields. The caller stops the simulator."""
+    world = World(seed=seed, markets=markets, wallets=wallets)
+    for _ in range(steps):
+        world.step()
+    return world, Simulator(world, SimConfig(seed=seed, **config)).start()
 
 
 def cli_env(dsn: str, sim: Simulator | None = None, **extra: str) -> dict[str, str]:

@@ -34,6 +34,7 @@ from polycopy_actors import metrics
 from polycopy_actors.client import ApiError, PolymarketClient
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
 from tests.conftest import test_settings
+from tests.helpers import started_world
 
 
 def _client(sim: Simulator, version: str = "v2", **api) -> PolymarketClient:
@@ -214,10 +215,7 @@ def test_simulator_positions_follow_from_its_trades():
 
 
 def test_api_lag_and_the_closed_book_read_from_the_simulator():
-    world = World(seed=13, markets=4, wallets=3)
-    for _ in range(120):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=13, status_lag_seconds=7.5)).start()
+    world, sim = started_world(13, 4, 3, 120, status_lag_seconds=7.5)
     try:
         assert _client(sim, "v2").api_lag() == 7.5
         wallet = Counter(c.wallet for c in world.closes).most_common(1)[0][0]
@@ -243,10 +241,7 @@ def test_api_lag_and_the_closed_book_read_from_the_simulator():
 
 
 def test_a_cdn_cached_trades_answer_is_read_again_past_the_cache():
-    world = World(seed=14, markets=3, wallets=2)
-    for _ in range(20):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=14, cdn_cache_seconds=300)).start()
+    world, sim = started_world(14, 3, 2, 20, cdn_cache_seconds=300)
     try:
         wallet = world.wallets[0]
         client = _client(sim, "v2")

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from polycopy_actors import store
-from polycopy_actors.simulator import SimConfig, Simulator, World
-from tests.helpers import Proc, cli_env, db_trades, truth_trades, wait_for, write_config
+from polycopy_actors.simulator import World
+from tests.helpers import Proc, cli_env, db_trades, started_world, truth_trades, wait_for, write_config
 
 #: A progress line of a sweep of the 9 cold wallets that is under way (not its final line).
 UNDER_WAY = r"cold sweep [4-8]/9 wallets"
@@ -37,10 +37,7 @@ def cold_config(tmp_path: Path, name: str = "cold.yaml", rps: float = 40, extra:
 @pytest.fixture()
 def cold_world(db: str) -> Any:
     """12 wallets with history: 9 active cold traders, 1 followed, 1 deactivated, 1 never added."""
-    world = World(seed=5, markets=6, wallets=12)
-    for _ in range(40):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=5)).start()
+    world, sim = started_world(5, 6, 12, 40)
     wallets = world.wallets
     with psycopg.connect(db) as conn:
         store.add_traders(conn, wallets[:11])
@@ -171,10 +168,7 @@ def test_continuous_sweeps_follow_the_schedule_and_drop_followed_wallets(db, col
 
 @pytest.mark.timeout(90)
 def test_discovery_adds_traders_seen_in_followed_markets(db, tmp_path):
-    world = World(seed=9, markets=3, wallets=6)
-    for _ in range(30):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=9)).start()
+    world, sim = started_world(9, 3, 6, 30)
     try:
         followed = world.wallets[0]
         with psycopg.connect(db) as conn:

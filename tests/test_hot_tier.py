@@ -18,17 +18,24 @@ from polycopy_actors import metrics, store
 from polycopy_actors.actors.messages import Crash
 from polycopy_actors.actors.poller import WalletPollerActor
 from polycopy_actors.actors.writer import DbWriterActor
-from polycopy_actors.simulator import SimConfig, Simulator, World
+from polycopy_actors.simulator import Simulator, World
 from tests.conftest import test_settings
-from tests.helpers import Running, converged, db_closes, db_trades, follow, track_from_now, truth_trades, wait_for
+from tests.helpers import (
+    Running,
+    converged,
+    db_closes,
+    db_trades,
+    follow,
+    started_world,
+    track_from_now,
+    truth_trades,
+    wait_for,
+)
 
 
 @pytest.fixture()
 def world_sim():
-    world = World(seed=21, markets=6, wallets=8)
-    for _ in range(30):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=21)).start()
+    world, sim = started_world(21, 6, 8, 30)
     yield world, sim
     sim.stop()
 

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
+from polycopy_actors.simulator import Faults
 from tests.helpers import (
     Proc,
     cli_env,
@@ -18,6 +18,7 @@ from tests.helpers import (
     free_port,
     healthz,
     scrape,
+    started_world,
     truth_trades,
     wait_for,
     write_config,
@@ -39,10 +40,7 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.mark.timeout(120)
 def test_counters_follow_the_work_and_health_follows_the_api(db, tmp_path):
-    world = World(seed=41, markets=5, wallets=6)
-    for _ in range(40):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=41)).start()
+    world, sim = started_world(41, 5, 6, 40)
     followed = world.wallets[:4]
     follow(db, followed)
     port = free_port()

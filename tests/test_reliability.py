@@ -18,7 +18,7 @@ import pytest
 
 from polycopy_actors.actors.messages import Crash
 from polycopy_actors.actors.rate_limiter import RateLimiterActor
-from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
+from polycopy_actors.simulator import Faults, Simulator, World
 from tests.conftest import test_settings
 from tests.helpers import (
     Proc,
@@ -31,6 +31,7 @@ from tests.helpers import (
     free_port,
     healthz,
     report,
+    started_world,
     track_from_now,
     truth_trades,
     wait_for,
@@ -39,10 +40,7 @@ from tests.helpers import (
 
 
 def busy_world(seed: int, wallets: int = 6) -> tuple[World, Simulator]:
-    world = World(seed=seed, markets=6, wallets=wallets)
-    for _ in range(30):
-        world.step()
-    return world, Simulator(world, SimConfig(seed=seed)).start()
+    return started_world(seed, 6, wallets, 30)
 
 
 def hot_config(tmp_path: Any, name: str = "hot.yaml", **extra: Any) -> Any:

@@ -10,8 +10,7 @@ import psycopg
 import pytest
 
 from polycopy_actors import PROJECT_ROOT
-from polycopy_actors.simulator import SimConfig, Simulator, World
-from tests.helpers import Proc, cli_env, follow, free_port, scrape, wait_for, write_config
+from tests.helpers import Proc, cli_env, follow, free_port, scrape, started_world, wait_for, write_config
 
 SQL_WORDS = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|GRANT|FROM|WHERE)\b")
 SECRET = "Sup3r-s3cret-pw"
@@ -65,10 +64,7 @@ def _with_password(dsn: str, password: str, **changes: str) -> str:
 
 @pytest.mark.timeout(90)
 def test_password_never_reaches_logs_errors_or_metrics(db, tmp_path):
-    world = World(seed=61, markets=3, wallets=3)
-    for _ in range(10):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=61)).start()
+    world, sim = started_world(61, 3, 3, 10)
     follow(db, world.wallets[:2])
     port = free_port()
     cfg = write_config(tmp_path / "s.yaml", {"metrics": {"port": port, "host": "127.0.0.1"},

@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from polycopy_actors import store
-from polycopy_actors.simulator import SimConfig, Simulator, World
 from tests.helpers import (
     Proc,
     cli_env,
@@ -18,6 +17,7 @@ from tests.helpers import (
     free_port,
     healthz,
     scrape,
+    started_world,
     truth_trades,
     wait_for,
     write_config,
@@ -42,10 +42,7 @@ def db_now(dsn: str) -> float:
 
 @pytest.mark.timeout(150)
 def test_three_hot_shards_split_the_tier_survive_sigkill_and_share_the_budget(db, tmp_path):
-    world = World(seed=31, markets=5, wallets=9)
-    for _ in range(40):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=31)).start()
+    world, sim = started_world(31, 5, 9, 40)
     followed = world.wallets[:7]
     with psycopg.connect(db) as conn:
         store.follow(conn, followed, "test")
@@ -105,10 +102,7 @@ def test_three_hot_shards_split_the_tier_survive_sigkill_and_share_the_budget(db
 
 @pytest.mark.timeout(90)
 def test_sharded_cold_sweep_lands_every_wallet_once(db, tmp_path):
-    world = World(seed=32, markets=5, wallets=10)
-    for _ in range(40):
-        world.step()
-    sim = Simulator(world, SimConfig(seed=32)).start()
+    world, sim = started_world(32, 5, 10, 40)
     with psycopg.connect(db) as conn:
         store.add_traders(conn, world.wallets)
     cfg = write_config(tmp_path / "cold.yaml", {
