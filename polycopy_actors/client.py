@@ -8,14 +8,17 @@ is in use: both produce the same records (:mod:`polycopy_actors.models`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import requests
 
@@ -48,9 +51,10 @@ V1_ACTIVITY_OFFSET_MAX = 5_000
 V1_POSITIONS_LIMIT_MAX = 500
 V1_POSITIONS_OFFSET_MAX = 10_000
 V2_LIMIT_MAX = 1_000
-#: An answer older than this (``Age`` header) came from a cache, not the API.
-STALE_AGE_SECONDS = 30
-GAMMA_IDS_PER_REQUEST = 50
+#: Gamma answers at most about 24 rows whatever ``limit`` (default 20): ask for this many ids at once.
+GAMMA_IDS_PER_REQUEST = 20
+#: v2 user routes: ``end`` lies this far ahead (plus a random part), so every walk has its own URL.
+CACHE_BUST_AHEAD_SECONDS = 86_400
 #: v1 route of a request, for error messages that tell a user v1 may be retired.
 V1_RETIRED_STATUSES = (404, 410)
 
@@ -71,6 +75,33 @@ class ApiError(Exception):
 
 class Stopped(Exception):
     """The owner is stopping: waits are cut short."""
+
+
+class StaleAnswer(Exception):
+    """A cache in front of the API answered (its ``Age`` is over ``api.max_answer_age_seconds``)."""
+
+    def __init__(self, path: str, age: float) -> None:
+        super().__init__(f"GET {path}: served from a cache (Age {age:.0f} s)")
+        self.age = age
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item the API served that could not be parsed (kept in ``rejected_items``)."""
+
+    route: str
+    wallet: str
+    key: str
+    raw: str
+    reason: str
+
+
+@dataclass
+class Read(Generic[T]):
+    """What one read returned: the parsed items and the items it had to skip."""
+
+    items: list[T] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def _no_acquire(endpoint: str) -> None:
@@ -101,11 +132,8 @@ class PolymarketClient:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"polycopy_actors/{__version__} (+copy-trading data pipeline)"
         self.session.headers["Accept"] = "application/json"
-        #: Items skipped as malformed so far (the poller holds a cursor when a read skipped any).
-        self.malformed_items = 0
-        #: ``Age`` of the last answer, when a cache in front of the API served it.
-        self.last_age: float | None = None
-        # Ask caches in front of the API for a fresh answer (a CDN may ignore it: see _trades_v2).
+        # Ask caches in front of the API for a fresh answer (a CDN may ignore it: every v2 walk also has
+        # a URL of its own, and every answer's Age is checked).
         self.session.headers["Cache-Control"] = "no-cache"
 
     def close(self) -> None:
@@ -182,7 +210,12 @@ class PolymarketClient:
                     log.error("GET %s answered %d: the data API v1 routes may be retired; "
                               "set api.data_api_version: v2 (POLYCOPY_DATA_API_VERSION=v2)", path, status)
                 raise ApiError("client", f"GET {path} {_describe_params(params)}: HTTP {status}: {detail}", status)
-            self.last_age = _age(resp)
+            age = _age(resp)
+            if age is not None and age > self.api.max_answer_age_seconds:
+                metrics.API_STALE.labels(endpoint).inc()
+                log.warning("GET %s was served from a cache (Age %.0f s): not used, reading again through "
+                            "another URL", path, age)
+                raise StaleAnswer(path, age)
             try:
                 return resp.json(parse_float=Decimal)
             except ValueError:
@@ -194,22 +227,50 @@ class PolymarketClient:
 
     # --- parsing helpers ---------------------------------------------------------------------------
 
-    def _parse_rows(self, rows: Any, parser: Callable[[Any], T], endpoint: str, wallet: str) -> Iterator[T]:
+    def _parse_rows(self, rows: Any, parser: Callable[[Any], T], endpoint: str, wallet: str,
+                    out: Read[T]) -> None:
+        """Parse row by row into ``out``: a malformed item is skipped, counted, logged and kept."""
         if rows is None:
             return
         if not isinstance(rows, list):
             raise ApiError("malformed", f"{endpoint}: expected a list of items, got {type(rows).__name__}")
         for item in rows:
             try:
-                yield parser(item)
+                out.items.append(parser(item))
             except MalformedItem as exc:
-                self.malformed_items += 1
                 metrics.API_ITEMS_MALFORMED.labels(endpoint, exc.field[:40]).inc()
                 log.warning("skipped a malformed %s item of wallet %s: field %s: %s",
                             endpoint, wallet, exc.field, exc.reason)
+                raw = json.dumps(item, default=str, sort_keys=True)[:10_000]
+                key = hashlib.sha256(raw.encode()).hexdigest()[:32]
+                out.rejected.append(Rejected(endpoint, wallet, key, raw, f"{exc.field}: {exc.reason}"[:500]))
+
+    def _bust(self) -> int:
+        """``end`` of a v2 user walk: far enough ahead to filter nothing, different for every walk (a CDN
+        caches answers by exact URL: 300 s on /v2/trades)."""
+        return int(time.time()) + CACHE_BUST_AHEAD_SECONDS + self._rng.randrange(1_000_000)
+
+    def _v2_walk(self, path: str, params: dict[str, Any], endpoint: str, parser: Callable[[Any], T],
+                 wallet: str) -> Read[T]:
+        """Walk a v2 keyset feed to its end: follow ``next_cursor`` re-sending the same filters. A page a
+        cache answered restarts the whole walk through a new URL (changing a filter mid-walk re-anchors
+        it), at most ``api.max_retries`` times."""
+        for attempt in range(self.api.max_retries + 1):
+            base = dict(params)
+            if "user" in base:
+                base["end"] = self._bust()
+            out: Read[T] = Read()
+            try:
+                for rows in self._v2_pages(path, base, endpoint):
+                    self._parse_rows(rows, parser, endpoint, wallet, out)
+            except StaleAnswer as exc:
+                if attempt == self.api.max_retries:
+                    raise ApiError("stale", f"{exc}; still cached after {attempt + 1} URLs") from None
+                continue
+            return out
+        raise AssertionError("unreachable")
 
     def _v2_pages(self, path: str, params: dict[str, Any], endpoint: str) -> Iterator[Any]:
-        """Walk a v2 keyset feed: follow ``next_cursor`` re-sending the same filters."""
         cursor: str | None = None
         pages = 0
         while True:
@@ -230,6 +291,18 @@ class PolymarketClient:
             if pages > 100_000:  # a cursor that never ends is a server bug, not a reason to loop forever
                 raise ApiError("malformed", f"GET {path}: more than 100000 pages")
 
+    def _get_fresh(self, base: str, path: str, params: dict[str, Any] | list[tuple[str, Any]],
+                   endpoint: str) -> Any:
+        """One GET whose answer no cache served (routes without a cache-busting parameter: v1, gamma,
+        ``/v2/status``): a cached answer is read again, at most ``api.max_retries`` times."""
+        for attempt in range(self.api.max_retries + 1):
+            try:
+                return self.get_json(base, path, params, endpoint)
+            except StaleAnswer as exc:
+                if attempt == self.api.max_retries:
+                    raise ApiError("stale", f"{exc}; still cached after {attempt + 1} reads") from None
+        raise AssertionError("unreachable")
+
     # --- trades --------------------------------------------------------------------------------------
 
     def _start(self, since: int | None) -> int:
@@ -239,42 +312,72 @@ class PolymarketClient:
             return 1
         return max(1, int(time.time()) - self.api.initial_backfill_seconds)
 
-    def trades_since(self, wallet: str, since: int | None) -> list[Trade]:
+    def trades_since(self, wallet: str, since: int | None) -> Read[Trade]:
         """Every fill of ``wallet`` with timestamp >= ``since`` (whole seconds: boundary re-read),
         maker and taker; oldest first. ``since=None``: the initial backfill."""
         start = self._start(since)
-        if self.version == "v2":
-            fills = self._trades_v2(wallet, start)
-        else:
-            fills = self._trades_v1(wallet, start)
-        fills.sort(key=lambda f: f.timestamp)
-        return assign_trade_ids(fills)
+        fills = self._trades_v2(wallet, start) if self.version == "v2" else self._trades_v1(wallet, start)
+        mine = sorted((f for f in fills.items if f.wallet == wallet), key=lambda f: f.timestamp)
+        return Read(assign_trade_ids(mine), fills.rejected)
 
-    def _trades_v2(self, wallet: str, start: int) -> list[RawFill]:
-        limit = min(self.api.page_size, V2_LIMIT_MAX)
-        out, age = self._trades_v2_walk(wallet, start, limit)
-        if age is not None and age > STALE_AGE_SECONDS:
-            # A CDN answered this URL from its cache (seen with max-age=300 on /v2/trades?user=): read
-            # again through another URL (one row less per page: the same rows, a URL it has not cached).
-            metrics.API_STALE.labels("trades").inc()
-            log.warning("GET /v2/trades for %s was served from a cache (Age %d s): reading again past it",
-                        wallet, age)
-            out, age = self._trades_v2_walk(wallet, start, limit - 1 if limit > 1 else limit + 1)
+    def _trades_v2(self, wallet: str, start: int) -> Read[RawFill]:
+        params = {"user": wallet, "limit": min(self.api.page_size, V2_LIMIT_MAX), "taker_only": "false",
+                  "start": start}
+        return self._v2_walk("/v2/trades", params, "trades", parse_fill, wallet)
+
+    def _trades_v1(self, wallet: str, start: int) -> Read[RawFill]:
+        """v1 is a fallback: one ``/trades`` page of its maximum size, newest first (offset paging while
+        fills arrive shifts rows across page boundaries and would give one fill two ids); a wallet with
+        more fills since ``start`` continues through ``/activity`` windows, whose fixed ``end`` lies in the
+        past, so new fills never shift them."""
+        out: Read[RawFill] = Read()
+        body = _v1_list(self._get_fresh(self.api.data_api_url, "/trades",
+                                        {"user": wallet, "limit": V1_TRADES_LIMIT_MAX, "offset": 0,
+                                         "takerOnly": "false"}, "trades"))
+        self._parse_rows(body, parse_fill, "trades", wallet, out)
+        if len(body) < V1_TRADES_LIMIT_MAX or not out.items or min(f.timestamp for f in out.items) < start:
+            out.items = [f for f in out.items if f.timestamp >= start]
+            return out
+        # Deeper than one page: the oldest second of the page is read again, whole, by the windows.
+        oldest = min(f.timestamp for f in out.items)
+        out.items = [f for f in out.items if f.timestamp != oldest]
+        deeper = self._activity_fill_windows(wallet, start, oldest)
+        out.items += deeper.items
+        out.rejected += deeper.rejected
         return out
 
-    def _trades_v2_walk(self, wallet: str, start: int, limit: int) -> tuple[list[RawFill], float | None]:
-        params = {"user": wallet, "limit": limit, "taker_only": "false", "start": start}
-        out: list[RawFill] = []
-        oldest_age: float | None = None
-        for rows in self._v2_pages("/v2/trades", params, "trades"):
-            if self.last_age is not None:
-                oldest_age = max(oldest_age or 0.0, self.last_age)
-            out.extend(f for f in self._parse_rows(rows, parse_fill, "trades", wallet) if f.wallet == wallet)
-        return out, oldest_age
+    def _activity_fill_windows(self, wallet: str, start: int, end: int) -> Read[RawFill]:
+        """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000)."""
+        limit = min(self.api.page_size, V1_ACTIVITY_LIMIT_MAX)
+        out: Read[RawFill] = Read()
+        while True:
+            window: Read[RawFill] = Read()
+            offset = 0
+            exhausted = False
+            while offset <= V1_ACTIVITY_OFFSET_MAX:
+                body = _v1_list(self._get_fresh(
+                    self.api.data_api_url, "/activity",
+                    {"user": wallet, "type": "TRADE", "start": start, "end": end, "limit": limit, "offset": offset},
+                    "activity",
+                ))
+                self._parse_rows(body, parse_fill, "activity", wallet, window)
+                if len(body) < limit:
+                    exhausted = True
+                    break
+                offset += limit
+            out.rejected += window.rejected
+            if exhausted:
+                out.items += window.items
+                return out
+            oldest = min(f.timestamp for f in window.items)
+            if oldest == end:
+                raise ApiError("incomplete", f"wallet {wallet}: more than {V1_ACTIVITY_OFFSET_MAX} fills in one second")
+            out.items += [f for f in window.items if f.timestamp != oldest]
+            end = oldest  # the next window re-reads that whole second
 
     def api_lag(self) -> float:
         """The API's own serving lag in seconds (``/v2/status``, "Get data freshness")."""
-        body = self.get_json(self.api.data_api_url, "/v2/status", {}, "status")
+        body = self._get_fresh(self.api.data_api_url, "/v2/status", {}, "status")
         if isinstance(body, dict) and isinstance(body.get("data"), dict):
             body = body["data"]
         serving = body.get("serving") if isinstance(body, dict) else None
@@ -286,151 +389,117 @@ class PolymarketClient:
     def closed_positions(self, wallet: str, limit: int = 50) -> list[ClosedPosition]:
         """The API's own latest closed positions of a wallet (v1 ``/closed-positions``, v2
         ``/v2/positions?status=CLOSED``): a cross-check of the closes this service derives."""
+        out: Read[ClosedPosition] = Read()
         if self.version == "v2":
-            body = self.get_json(self.api.data_api_url, "/v2/positions",
-                                 {"user": wallet, "status": "CLOSED", "limit": limit}, "positions")
+            body = self._get_fresh(self.api.data_api_url, "/v2/positions",
+                                   {"user": wallet, "status": "CLOSED", "limit": limit, "end": self._bust()},
+                                   "positions")
             rows = body.get("data") if isinstance(body, dict) else None
         else:
-            rows = _v1_list(self.get_json(self.api.data_api_url, "/closed-positions",
-                                          {"user": wallet, "limit": min(limit, 50)}, "closed_positions"))
-        return [p for p in self._parse_rows(rows, parse_closed_position, "closed_positions", wallet)
-                if p.wallet == wallet]
-
-    def _trades_v1(self, wallet: str, start: int) -> list[RawFill]:
-        limit = min(self.api.page_size, V1_TRADES_LIMIT_MAX)
-        out: list[RawFill] = []
-        offset = 0
-        while True:
-            if offset > V1_TRADES_OFFSET_MAX:
-                # Deeper than /trades lets us read: continue by time windows of /activity.
-                oldest = min(f.timestamp for f in out)
-                out = [f for f in out if f.timestamp != oldest]
-                out.extend(self._activity_fill_windows(wallet, start, oldest))
-                return out
-            body = _v1_list(self.get_json(self.api.data_api_url, "/trades",
-                            {"user": wallet, "limit": limit, "offset": offset, "takerOnly": "false"}, "trades"))
-            page = list(self._parse_rows(body, parse_fill, "trades", wallet))
-            out.extend(f for f in page if f.timestamp >= start and f.wallet == wallet)
-            if len(body) < limit or (page and min(f.timestamp for f in page) < start):
-                return out
-            offset += limit
-
-    def _activity_fill_windows(self, wallet: str, start: int, end: int) -> list[RawFill]:
-        """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000)."""
-        limit = min(self.api.page_size, V1_ACTIVITY_LIMIT_MAX)
-        out: list[RawFill] = []
-        while True:
-            window: list[RawFill] = []
-            offset = 0
-            exhausted = False
-            while offset <= V1_ACTIVITY_OFFSET_MAX:
-                body = _v1_list(self.get_json(
-                    self.api.data_api_url, "/activity",
-                    {"user": wallet, "type": "TRADE", "start": start, "end": end, "limit": limit, "offset": offset},
-                    "activity",
-                ))
-                window.extend(f for f in self._parse_rows(body, parse_fill, "activity", wallet) if f.wallet == wallet)
-                if len(body) < limit:
-                    exhausted = True
-                    break
-                offset += limit
-            if exhausted:
-                return out + window
-            oldest = min(f.timestamp for f in window)
-            if oldest == end:
-                raise ApiError("incomplete", f"wallet {wallet}: more than {V1_ACTIVITY_OFFSET_MAX} fills in one second")
-            out.extend(f for f in window if f.timestamp != oldest)
-            end = oldest  # the next window re-reads that whole second
+            rows = _v1_list(self._get_fresh(self.api.data_api_url, "/closed-positions",
+                                            {"user": wallet, "limit": min(limit, 50)}, "closed_positions"))
+        self._parse_rows(rows, parse_closed_position, "closed_positions", wallet, out)
+        return [p for p in out.items if p.wallet == wallet]
 
     def market_traders(self, condition_ids: list[str], max_rows: int = 1000) -> set[str]:
         """Wallets in the latest fills of these markets (one page per 20 markets): trader discovery."""
-        seen: set[str] = set()
+        seen: Read[RawFill] = Read()
         for i in range(0, len(condition_ids), 20):
             chunk = ",".join(condition_ids[i:i + 20])
             if self.version == "v2":
-                body = self.get_json(self.api.data_api_url, "/v2/trades",
-                                     {"condition": chunk, "limit": min(max_rows, V2_LIMIT_MAX), "taker_only": "false"},
-                                     "trades")
+                # No user, so no ``end``: a limit a few rows short gives the read a URL of its own.
+                limit = max(1, min(max_rows, V2_LIMIT_MAX) - self._rng.randrange(9))
+                body = self._get_fresh(self.api.data_api_url, "/v2/trades",
+                                       {"condition": chunk, "limit": limit, "taker_only": "false"}, "trades")
                 if not isinstance(body, dict):
                     raise ApiError("malformed", "GET /v2/trades: expected a {data, pagination} envelope")
                 rows = body.get("data") or []
             else:
-                rows = _v1_list(self.get_json(self.api.data_api_url, "/trades",
-                                              {"market": chunk, "limit": min(max_rows, V1_TRADES_LIMIT_MAX),
-                                               "takerOnly": "false"}, "trades"))
-            seen.update(f.wallet for f in self._parse_rows(rows, parse_fill, "trades", "-"))
-        return seen
+                rows = _v1_list(self._get_fresh(self.api.data_api_url, "/trades",
+                                                {"market": chunk, "limit": min(max_rows, V1_TRADES_LIMIT_MAX),
+                                                 "takerOnly": "false"}, "trades"))
+            self._parse_rows(rows, parse_fill, "trades", "-", seen)
+        return {f.wallet for f in seen.items}
 
     # --- positions, activity, markets -----------------------------------------------------------------
 
-    def positions(self, wallet: str) -> list[Position]:
-        """The wallet's complete current positions. Raises ApiError unless every page was read:
-        a failed or partial snapshot (a page, or one malformed item) must never close a position."""
-        before = self.malformed_items
-        out = self._positions(wallet)
-        if self.malformed_items > before:
-            raise ApiError("malformed", f"wallet {wallet}: positions snapshot had "
-                                        f"{self.malformed_items - before} malformed item(s); not reconciling it")
+    def positions(self, wallet: str) -> Read[Position]:
+        """The wallet's current positions, every page. The snapshot is complete only when
+        ``rejected`` is empty: a snapshot that skipped a row must never close a position.
+
+        v2: ``filter_amount=0`` (the default hides positions under 0.1 share: a position sold down to
+        0.05 would look closed), ``include_archived`` (archived markets' positions are still held),
+        sorted by ``TIMESTAMP`` ascending: the default sort (current value) moves during a long walk."""
+        if self.version == "v2":
+            params = {"user": wallet, "limit": V2_LIMIT_MAX, "filter_type": "TOKENS", "filter_amount": 0,
+                      "include_archived": "true", "sort_by": "TIMESTAMP", "sort_direction": "ASC"}
+            out = self._v2_walk("/v2/positions", params, "positions", parse_position, wallet)
+        else:
+            out = Read()
+            offset = 0
+            while True:
+                if offset > V1_POSITIONS_OFFSET_MAX:
+                    raise ApiError("incomplete", f"wallet {wallet}: more positions than /positions can list")
+                body = _v1_list(self._get_fresh(
+                    self.api.data_api_url, "/positions",
+                    {"user": wallet, "sizeThreshold": 0, "limit": V1_POSITIONS_LIMIT_MAX, "offset": offset},
+                    "positions",
+                ))
+                self._parse_rows(body, parse_position, "positions", wallet, out)
+                if len(body) < V1_POSITIONS_LIMIT_MAX:
+                    break
+                offset += V1_POSITIONS_LIMIT_MAX
+        out.items = [p for p in out.items if p.wallet == wallet]
         return out
 
-    def _positions(self, wallet: str) -> list[Position]:
-        out: list[Position] = []
-        if self.version == "v2":
-            params = {"user": wallet, "limit": V2_LIMIT_MAX}
-            for rows in self._v2_pages("/v2/positions", params, "positions"):
-                out.extend(self._parse_rows(rows, parse_position, "positions", wallet))
-            return [p for p in out if p.wallet == wallet]
-        offset = 0
-        while True:
-            if offset > V1_POSITIONS_OFFSET_MAX:
-                raise ApiError("incomplete", f"wallet {wallet}: more positions than /positions can list")
-            body = _v1_list(self.get_json(
-                self.api.data_api_url, "/positions",
-                {"user": wallet, "sizeThreshold": 0, "limit": V1_POSITIONS_LIMIT_MAX, "offset": offset}, "positions",
-            ))
-            out.extend(self._parse_rows(body, parse_position, "positions", wallet))
-            if len(body) < V1_POSITIONS_LIMIT_MAX:
-                return [p for p in out if p.wallet == wallet]
-            offset += V1_POSITIONS_LIMIT_MAX
-
-    def closing_activity_since(self, wallet: str, since: int) -> list[Activity]:
+    def closing_activity_since(self, wallet: str, since: int) -> Read[Activity]:
         """REDEEM and MERGE activity of the wallet at or after ``since`` (what ends a position
-        without a SELL trade)."""
-        out: list[Activity] = []
+        without a SELL trade; automatic redemptions are REDEEM rows too)."""
         if self.version == "v2":
-            params = {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since),
-                      "limit": V2_LIMIT_MAX}
-            for rows in self._v2_pages("/v2/activity", params, "activity"):
-                out.extend(self._parse_rows(rows, parse_activity, "activity", wallet))
+            params = {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V2_LIMIT_MAX}
+            out = self._v2_walk("/v2/activity", params, "activity", parse_activity, wallet)
         else:
+            out = Read()
             offset = 0
             while offset <= V1_ACTIVITY_OFFSET_MAX:
-                body = _v1_list(self.get_json(
+                body = _v1_list(self._get_fresh(
                     self.api.data_api_url, "/activity",
                     {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V1_ACTIVITY_LIMIT_MAX,
                      "offset": offset}, "activity",
                 ))
-                out.extend(self._parse_rows(body, parse_activity, "activity", wallet))
+                self._parse_rows(body, parse_activity, "activity", wallet, out)
                 if len(body) < V1_ACTIVITY_LIMIT_MAX:
                     break
                 offset += V1_ACTIVITY_LIMIT_MAX
-        return [a for a in out if a.type in ("REDEEM", "MERGE") and a.wallet == wallet]
+        out.items = [a for a in out.items if a.type in ("REDEEM", "MERGE") and a.wallet == wallet]
+        return out
 
-    def closed_markets(self, condition_ids: list[str]) -> dict[str, Market]:
-        """Gamma state of the markets among ``condition_ids`` that have closed or resolved.
+    def market_states(self, condition_ids: list[str]) -> dict[str, bool]:
+        """Gamma's view of each market: True = closed or resolved, False = open; a market gamma did not
+        list is left out (unknown: a close waiting on it is not classified yet).
 
-        Asks with ``closed=true``: without it gamma behaves as ``closed=false`` and hides resolved
-        markets. A market missing from the answer is open."""
-        out: dict[str, Market] = {}
+        In batches of :data:`GAMMA_IDS_PER_REQUEST` with an explicit ``limit`` (answers are cut short
+        at about 24 rows), first with ``closed=true`` (without it gamma hides resolved markets), then
+        ``closed=false`` for the ids the first answer did not list."""
+        out: dict[str, bool] = {}
         ids = sorted(set(condition_ids))
         for i in range(0, len(ids), GAMMA_IDS_PER_REQUEST):
             chunk = ids[i:i + GAMMA_IDS_PER_REQUEST]
-            params: list[tuple[str, Any]] = [("condition_ids", c) for c in chunk]
-            params += [("closed", "true"), ("limit", len(chunk))]
-            body = _v1_list(self.get_json(self.api.gamma_api_url, "/markets", params, "markets"))
-            for market in self._parse_rows(body, parse_market, "markets", "-"):
-                if market.condition_id in chunk and market.is_closed:
-                    out[market.condition_id] = market
+            for closed in (True, False):
+                ask = [c for c in chunk if c not in out]
+                if not ask:
+                    break
+                params: list[tuple[str, Any]] = [("condition_ids", c) for c in ask]
+                params += [("closed", "true" if closed else "false"), ("limit", len(ask))]
+                got: Read[Market] = Read()
+                self._parse_rows(_v1_list(self._get_fresh(self.api.gamma_api_url, "/markets", params, "markets")),
+                                 parse_market, "markets", "-", got)
+                for market in got.items:
+                    if market.condition_id in ask:
+                        out[market.condition_id] = market.is_closed
+        missing = len(ids) - len(out)
+        if missing:
+            log.warning("gamma did not list %d of %d markets asked about; their closes wait", missing, len(ids))
         return out
 
 

@@ -70,6 +70,13 @@ class TierSettings:
     lock_ttl_seconds: int = field(metadata=_rng(ge=1))
     #: A pass over the tier (a sweep, or ``--once``) logs its progress every this many wallets.
     progress_every_wallets: int = field(metadata=_rng(ge=1))
+    #: /healthz answers 503 when the tier, while polling, read nothing successfully for this long.
+    health_window_seconds: float = field(metadata=_rng(gt=0))
+
+    @property
+    def lease_ttl_seconds(self) -> float:
+        """Life of a wallet lease: renewed at every refresh of the tier's wallet list."""
+        return 3 * self.refresh_interval_seconds + 10
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,10 @@ class ApiSettings:
     overlap_seconds: int = field(metadata=_rng(ge=0))
     #: v2: how often one poller reads ``/v2/status`` (the API's own lag); 0 = never.
     status_interval_seconds: float = field(metadata=_rng(ge=0))
+    #: An answer whose ``Age`` header is larger came from a cache: never used, read again elsewhere.
+    max_answer_age_seconds: float = field(metadata=_rng(ge=0))
+    #: A malformed trade row holds the wallet's cursor for this many reads, then no longer.
+    malformed_hold_reads: int = field(metadata=_rng(ge=1))
 
 
 @dataclass(frozen=True)
@@ -140,8 +151,11 @@ class SupervisionSettings:
 
 @dataclass(frozen=True)
 class ReconcileSettings:
-    #: A position missing from successful snapshots for this long is closed (the API runs late).
+    #: A position missing from complete snapshots for this long is closed (the API runs late).
     close_grace_seconds: float = field(metadata=_rng(ge=0))
+    #: Events this long before a position was last seen still explain its close (the positions
+    #: route runs behind the trades and activity routes).
+    evidence_margin_seconds: float = field(metadata=_rng(ge=0))
 
 
 @dataclass(frozen=True)
@@ -157,8 +171,6 @@ class MetricsSettings:
     #: Port of /metrics and /healthz; 0 turns the server off.
     port: int = field(metadata=_rng(ge=0, le=65535))
     host: str
-    #: /healthz answers 503 when no poll succeeded for this long.
-    api_failure_window_seconds: float = field(metadata=_rng(gt=0))
 
 
 @dataclass(frozen=True)

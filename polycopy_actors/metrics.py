@@ -90,10 +90,10 @@ def registry_for_exposition() -> CollectorRegistry | None:
 class HealthState:
     """What /healthz reports. Written by actors (any thread), read by the HTTP thread."""
 
-    def __init__(self, api_failure_window_seconds: float, backlog_alarm_rows: int) -> None:
+    def __init__(self, health_window_seconds: float, backlog_alarm_rows: int) -> None:
         self._lock = threading.Lock()
         self.started = time.monotonic()
-        self.api_window = api_failure_window_seconds
+        self.api_window = health_window_seconds
         self.backlog_alarm_rows = backlog_alarm_rows
         #: The process runs (service loop); between two cold sweeps it runs without polling.
         self.running = False

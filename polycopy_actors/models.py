@@ -76,6 +76,11 @@ class Position:
     outcome_index: int | None
     title: str | None
     redeemable: bool
+    #: v2: epoch seconds of the last event the row reflects (a trade, a redemption); v1 rows have none.
+    #: Trades after it are what the (possibly lagging) snapshot did not show yet.
+    last_event_at: int | None = None
+    #: v2: epoch seconds of the position's first entry (when this opening began).
+    first_entry_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +290,8 @@ def parse_position(item: Any) -> Position:
         outcome_index=_int_opt(item, "outcomeIndex", "outcome_index"),
         title=_text(item, "title", optional=True),
         redeemable=_bool(item, "redeemable") or item.get("status") in ("REDEEMABLE", "REDEEMABLE_LOST"),
+        last_event_at=_timestamp(item, "last_event_at") if item.get("last_event_at") is not None else None,
+        first_entry_at=_timestamp(item, "first_entry_at") if item.get("first_entry_at") is not None else None,
     )
 
 

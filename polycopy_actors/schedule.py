@@ -70,6 +70,12 @@ class Schedule:
         heapq.heappush(self._heap, (due, wallet))
         return due
 
+    def at(self, wallet: str, due: float) -> None:
+        """Reschedule a taken wallet for a given time (a re-check within a pass)."""
+        if wallet in self._due:
+            self._due[wallet] = due
+            heapq.heappush(self._heap, (due, wallet))
+
     def park(self, wallet: str) -> None:
         """Keep the wallet but never due again (one pass done in ``--once`` or sweep mode)."""
         if wallet in self._due:

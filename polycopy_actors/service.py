@@ -114,7 +114,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         settings, sim = _start_demo(settings)
     db: Database = open_database(settings)
     metrics_server = None
-    health = HealthState(settings.metrics.api_failure_window_seconds, settings.writer.backlog_alarm_rows)
+    health = HealthState(settings.tier(tier).health_window_seconds, settings.writer.backlog_alarm_rows)
     try:
         wait_reachable(db.dsn, settings)
         prepare_schema(db, settings)

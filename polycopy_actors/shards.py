@@ -68,7 +68,7 @@ def _shard_main(settings: Settings, tier: str, dsn: str, index: int, count: int,
     # The parent forwards SIGTERM; a terminal's Ctrl-C reaches the whole group, so SIGINT is left to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    health = HealthState(settings.metrics.api_failure_window_seconds, settings.writer.backlog_alarm_rows)
+    health = HealthState(settings.tier(tier).health_window_seconds, settings.writer.backlog_alarm_rows)
     system = ActorSystem(settings, tier, dsn, health=health, once=once, shard_index=index, shard_count=count,
                          polled_before=polled_before)
     code = system.run(stop)

@@ -138,7 +138,8 @@ def load_wallet_state(conn: Conn, wallets: list[str], overlap_seconds: int = 0) 
     """Watermark, open positions and the ids of the trades in the overlap window behind the
     watermark (those the next read re-reads: already seen) of each wallet: what a poller resumes from."""
     out: dict[str, dict[str, Any]] = {
-        w: {"last_trade_at": None, "last_success_at": None, "positions": {}, "recent_trade_ids": set()}
+        w: {"last_trade_at": None, "last_success_at": None, "positions": {}, "recent_trade_ids": set(),
+            "rejected": {}}
         for w in wallets}
     for wallet, trade_id in conn.execute(
         "SELECT t.wallet, t.trade_id FROM wallet_poll_state s JOIN trades_public t ON t.wallet = s.wallet "
@@ -153,15 +154,74 @@ def load_wallet_state(conn: Conn, wallets: list[str], overlap_seconds: int = 0) 
         out[wallet]["last_success_at"] = last_success_at
     for row in conn.execute(
         "SELECT wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index, title, "
-        "redeemable, opened_at FROM positions_current WHERE wallet = ANY(%s)",
+        "redeemable, opened_at, last_seen_at, missing_since, last_event_at, first_entry_at FROM positions_current "
+        "WHERE wallet = ANY(%s)",
         (wallets,),
     ).fetchall():
         out[row[0]]["positions"][row[1]] = {
             "condition_id": row[2], "size": row[3], "avg_price": row[4], "cur_price": row[5],
             "outcome": row[6], "outcome_index": row[7], "title": row[8], "redeemable": row[9],
-            "opened_at": row[10],
+            "opened_at": row[10], "last_seen_at": row[11], "missing_since": row[12], "last_event_at": row[13],
+            "first_entry_at": row[14],
         }
+    for wallet, key, count in conn.execute(
+        "SELECT wallet, item_key, seen_count FROM rejected_items WHERE wallet = ANY(%s)", (wallets,),
+    ).fetchall():
+        out[wallet]["rejected"][key] = count
     return out
+
+
+def window_trades(conn: Conn, wallet: str, windows: list[tuple[str, datetime]],
+                  ) -> dict[str, list[tuple[int, str, Any]]]:
+    """For each (asset, window start): the wallet's stored trades of the asset since the window start,
+    as (epoch seconds, side, size)."""
+    out: dict[str, list[tuple[int, str, Any]]] = {a: [] for a, _ in windows}
+    for asset, ts, side, size in conn.execute(
+        "SELECT t.asset, extract(epoch FROM t.traded_at)::bigint, t.side, t.size "
+        "FROM unnest(%s::text[], %s::timestamptz[]) AS g(asset, since) "
+        "JOIN trades_public t ON t.wallet = %s AND t.asset = g.asset AND t.traded_at >= g.since",
+        ([a for a, _ in windows], [s for _, s in windows], wallet),
+    ).fetchall():
+        out[asset].append((int(ts), side, size))
+    return out
+
+
+# --- wallet leases (one owner per wallet at a time) ----------------------------------------------
+
+def acquire_leases(conn: Conn, wallets: list[str], owner: str, ttl_seconds: float) -> set[str]:
+    """Take or renew the leases of ``wallets`` for ``owner``; returns the wallets it now holds (a
+    wallet whose lease another owner holds, unexpired, is not among them)."""
+    rows = conn.execute(
+        "INSERT INTO wallet_leases AS l (wallet, owner, locked_until) "
+        "SELECT w, %(owner)s, clock_timestamp() + make_interval(secs => %(ttl)s) FROM unnest(%(w)s::text[]) AS w "
+        "ON CONFLICT (wallet) DO UPDATE SET owner = excluded.owner, locked_until = excluded.locked_until "
+        "WHERE l.owner = excluded.owner OR l.locked_until < clock_timestamp() RETURNING wallet",
+        {"owner": owner, "ttl": ttl_seconds, "w": wallets},
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def lease_holders(conn: Conn, wallets: list[str]) -> dict[str, tuple[str, datetime]]:
+    rows = conn.execute(
+        "SELECT wallet, owner, locked_until FROM wallet_leases WHERE wallet = ANY(%s) "
+        "AND locked_until > clock_timestamp()", (wallets,),
+    ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def local_owners(conn: Conn, host: str) -> list[str]:
+    """Lease owners named after this host (``host:pid:...``)."""
+    rows = conn.execute("SELECT DISTINCT owner FROM wallet_leases WHERE split_part(owner, ':', 1) = %s",
+                        (host,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def release_leases(conn: Conn, owner: str, wallets: list[str] | None = None) -> int:
+    """Give up ``owner``'s leases (of ``wallets``, or all of them)."""
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM wallet_leases WHERE owner = %s AND (%s::text[] IS NULL OR wallet = ANY(%s))",
+                    (owner, wallets, wallets))
+        return cur.rowcount
 
 
 def lock_holder(conn: Conn, job_name: str) -> tuple[str, datetime] | None:

@@ -9,8 +9,11 @@ reverse order (the writer flushes) within ``shutdown_timeout_seconds``.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -38,7 +41,7 @@ class ActorSystem:
         self.settings = settings
         self.tier = tier
         self.dsn = dsn
-        self.health = health or HealthState(settings.metrics.api_failure_window_seconds,
+        self.health = health or HealthState(settings.tier(tier).health_window_seconds,
                                             settings.writer.backlog_alarm_rows)
         self.once = once
         self.shard_index = shard_index
@@ -50,6 +53,8 @@ class ActorSystem:
         self.stats = RunStats()
         self.tracker = PassTracker(settings.pollers.pool_size, self.done) if once else None
         self.polled_before = polled_before
+        #: This run's name in ``wallet_leases``: host, pid, tier and a per-run suffix.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{tier}:{uuid.uuid4().hex[:6]}"
         self.root: pykka.ActorRef[Any] | None = None
 
     # --- callbacks from actors (any thread) ------------------------------------------------------------
@@ -75,14 +80,14 @@ class ActorSystem:
         pollers = s.pollers.pool_size
         ctx = TierContext(settings=s, tier=self.tier, stopping=self.stopping, health=self.health, stats=self.stats,
                           shard_index=self.shard_index, shard_count=self.shard_count,
-                          once=self.tracker, polled_before=self.polled_before)
+                          once=self.tracker, polled_before=self.polled_before, owner=self.owner)
         sup = s.supervision
 
         def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
             return RateLimiterActor.start(parent, "limiter", self.tier, rate)
 
         def start_writer(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
-            return DbWriterActor.start(parent, "writer", s, self.dsn, self.health, self._fatal)
+            return DbWriterActor.start(parent, "writer", s, self.dsn, self.health, self._fatal, self.owner)
 
         def start_pool(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
             limiter, writer = sib["limiter"], sib["writer"]

@@ -103,8 +103,9 @@ def simulator() -> Iterator[Simulator]:
         sim.stop()
 
 
-def test_settings(sim: Simulator | None = None, **overrides: Any) -> Settings:
-    """Settings for tests: the development env, pointed at the simulator, fast timings."""
+def test_settings(sim: Simulator | None = None, env: str = "development", **overrides: Any) -> Settings:
+    """Settings for tests: an environment's settings (development unless told), pointed at the
+    simulator, fast timings."""
     base: dict[str, Any] = {
         "metrics": {"port": 0},
         "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
@@ -119,7 +120,7 @@ def test_settings(sim: Simulator | None = None, **overrides: Any) -> Settings:
     if sim is not None:
         base["api"].update(data_api_url=sim.base_url, gamma_api_url=sim.base_url)
     _deep(base, overrides)
-    return load_settings(env="development", environ={}, overrides=base)
+    return load_settings(env=env, environ={}, overrides=base)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]

@@ -18,21 +18,27 @@ Points of ``polymarket-api.md`` the simulator follows (each checked below or in 
    (v1 ``/closed-positions``).
 10. ``/v2/status``: not paginated, no parameters; ``computed_at``, ``age_seconds``, ``serving.lag_seconds`` (the
     worst projection, named in ``serving.worst``) and ``ingestion``.
-11. A CDN may answer ``/v2/trades?user=`` from its cache (``Cache-Control: max-age=300``, ``Age``) until the URL
-    changes (simulated with ``SimConfig.cdn_cache_seconds``).
+11. A CDN answers by exact URL from its cache (``Cache-Control: max-age``, ``Age``): ``/v2/trades`` 300 s,
+    ``/v2/activity`` 15 s, ``/v2/positions`` 5 s (``LIVE_CDN_SECONDS``); ``cdn_ignore_query`` makes every URL stale.
+12. ``/v2/positions`` hides positions under 0.1 share unless ``filter_amount`` says otherwise, sorts by
+    ``sort_by`` (default current value), and its answers can lag the trades route (``positions_lag_seconds``).
+13. Gamma answers hold at most about 24 rows whatever ``limit`` (default 20).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 
+import pytest
 import requests
 
 from polycopy_actors import metrics
 from polycopy_actors.client import ApiError, PolymarketClient
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
+from polycopy_actors.simulator.server import LIVE_CDN_SECONDS
 from tests.conftest import test_settings
 from tests.helpers import started_world
 
@@ -57,8 +63,8 @@ def test_v1_and_v2_read_the_same_trades_with_the_same_ids(simulator):
     wallet = world.wallets[0]
     m = world.open_markets()[0]
     world.multi_fill(wallet, [(m, 0, "BUY", 5, "0.5"), (m, 0, "BUY", 5, "0.5"), (m, 1, "BUY", 3, "0.4")])
-    v2 = _client(simulator, "v2").trades_since(wallet, None)
-    v1 = _client(simulator, "v1").trades_since(wallet, None)
+    v2 = _client(simulator, "v2").trades_since(wallet, None).items
+    v1 = _client(simulator, "v1").trades_since(wallet, None).items
     assert _keys(v2) == _truth_keys(world, wallet) == _keys(v1)
     assert sorted(t.trade_id for t in v1) == sorted(t.trade_id for t in v2)
     assert len({t.trade_id for t in v2}) == len(v2)  # identical fills of one transaction stay distinct
@@ -72,9 +78,9 @@ def test_boundary_second_is_reread(simulator):
     world.trade(wallet, m, 0, "BUY", 1, ts=1_700_000_000)
     world.trade(wallet, m, 0, "BUY", 2, ts=1_700_000_100)
     client = _client(simulator)
-    first = client.trades_since(wallet, None)
+    first = client.trades_since(wallet, None).items
     world.trade(wallet, m, 1, "BUY", 3, ts=1_700_000_100)  # lands late in the watermark's second
-    again = client.trades_since(wallet, max(t.timestamp for t in first))
+    again = client.trades_since(wallet, max(t.timestamp for t in first)).items
     assert len(again) == 2 and {t.size for t in again} == {Decimal(2), Decimal(3)}
 
 
@@ -82,9 +88,9 @@ def test_backlog_beyond_the_v1_offset_cap_is_read_completely(simulator):
     world = simulator.world
     wallet = world.add_wallet()
     world.backlog(wallet, 10_600, per_second=4)
-    v1 = _client(simulator, "v1", page_size=10_000).trades_since(wallet, None)
+    v1 = _client(simulator, "v1", page_size=10_000).trades_since(wallet, None).items
     assert _keys(v1) == _truth_keys(world, wallet)
-    v2 = _client(simulator, "v2", page_size=1000).trades_since(wallet, None)
+    v2 = _client(simulator, "v2", page_size=1000).trades_since(wallet, None).items
     assert sorted(t.trade_id for t in v1) == sorted(t.trade_id for t in v2)
 
 
@@ -95,16 +101,16 @@ def test_positions_redeems_and_market_state(simulator):
     world.trade(wallet, m1, 0, "BUY", 10)
     world.trade(wallet, m2, 1, "BUY", "0.5")  # below v1's default sizeThreshold of 1
     for version in ("v1", "v2"):
-        pos = _client(simulator, version).positions(wallet)
+        pos = _client(simulator, version).positions(wallet).items
         assert {p.asset for p in pos} == {m1.assets[0], m2.assets[1]}
     world.resolve(m1, 0)
-    pos = {p.asset: p for p in _client(simulator).positions(wallet)}
+    pos = {p.asset: p for p in _client(simulator).positions(wallet).items}
     assert pos[m1.assets[0]].redeemable and pos[m1.assets[0]].cur_price == 1
     client = _client(simulator, "v1")
-    assert set(client.closed_markets([m1.condition_id, m2.condition_id])) == {m1.condition_id}
+    assert client.market_states([m1.condition_id, m2.condition_id]) == {m1.condition_id: True, m2.condition_id: False}
     world.redeem(wallet, m1)
     for version in ("v1", "v2"):
-        redeems = [a for a in _client(simulator, version).closing_activity_since(wallet, 1) if a.type == "REDEEM"]
+        redeems = [a for a in _client(simulator, version).closing_activity_since(wallet, 1).items if a.type == "REDEEM"]
         assert [r.condition_id for r in redeems] == [m1.condition_id]
 
 
@@ -185,9 +191,11 @@ def test_malformed_items_are_skipped_and_counted(simulator):
         world.trade(wallet, m, i % 2, "BUY", 1 + i)
     simulator.set_faults(Faults(malformed_item_rate=0.3))
     before = sum(s.value for s in metrics.API_ITEMS_MALFORMED.collect()[0].samples if s.name.endswith("_total"))
-    got = _client(simulator).trades_since(wallet, None)
+    read = _client(simulator).trades_since(wallet, None)
+    got = read.items
     after = sum(s.value for s in metrics.API_ITEMS_MALFORMED.collect()[0].samples if s.name.endswith("_total"))
-    assert 0 < len(got) < 40 and after - before == 40 - len(got)
+    assert 0 < len(got) < 40 and after - before == 40 - len(got) == len(read.rejected)
+    assert all(r.route == "trades" and r.wallet == wallet and json.loads(r.raw) for r in read.rejected)
     simulator.set_faults(Faults(malformed_json_rate=1.0))
     try:
         _client(simulator, max_retries=1).trades_since(wallet, None)
@@ -240,18 +248,27 @@ def test_api_lag_and_the_closed_book_read_from_the_simulator():
         sim.stop()
 
 
-def test_a_cdn_cached_trades_answer_is_read_again_past_the_cache():
-    world, sim = started_world(14, 3, 2, 20, cdn_cache_seconds=300)
+def test_every_read_has_a_url_of_its_own_and_a_cached_answer_is_never_used():
+    world, sim = started_world(14, 3, 2, 20, cdn_routes=dict(LIVE_CDN_SECONDS))
     try:
         wallet = world.wallets[0]
         client = _client(sim, "v2")
-        first = client.trades_since(wallet, 1)
+        first = client.trades_since(wallet, 1).items
         stale_before = metrics.API_STALE.labels("trades")._value.get()
         new = world.trade(wallet, world.open_markets()[0], 0, "BUY", 3)
-        with sim._cdn_lock:  # the cached answer is two minutes old now
-            sim._cdn = {url: (t - 120, body) for url, (t, body) in sim._cdn.items()}
-        again = client.trades_since(wallet, 1)
+        again = client.trades_since(wallet, 1).items  # the same read a second later: not the cached answer
         assert len(again) == len(first) + 1 and any(t.transaction_hash == new.tx for t in again)
-        assert metrics.API_STALE.labels("trades")._value.get() == stale_before + 1
+        assert metrics.API_STALE.labels("trades")._value.get() == stale_before
+        # A CDN that ignores the query string answers every URL from its cache: read again through other
+        # URLs (each answer's age checked), then the read fails; the stale answer is never used.
+        sim.config = replace(sim.config, cdn_ignore_query=True)
+        client.trades_since(wallet, 1)
+        with sim._cdn_lock:  # the cached answers are two minutes old now
+            sim._cdn = {url: (t - 120, body) for url, (t, body) in sim._cdn.items()}
+        world.trade(wallet, world.open_markets()[0], 0, "BUY", 4)
+        with pytest.raises(ApiError) as info:
+            client.trades_since(wallet, 1)
+        assert info.value.kind == "stale"
+        assert metrics.API_STALE.labels("trades")._value.get() == stale_before + client.api.max_retries + 1
     finally:
         sim.stop()

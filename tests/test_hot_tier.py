@@ -26,6 +26,7 @@ from tests.helpers import (
     db_closes,
     db_trades,
     follow,
+    report,
     started_world,
     track_from_now,
     truth_trades,
@@ -128,7 +129,7 @@ def test_crashed_poller_and_writer_are_restarted_and_nothing_is_lost(db, world_s
         time.sleep(0)
         sim.stop_driver()
         wait_for(lambda: converged(db, world, followed, exact_closes=False), 40,
-                 "database == ground truth after crashes")
+                 "database == ground truth after crashes", lambda: report(db, world, followed))
     assert run.code == 0
     assert _restarts("writer") == writer_before + 1
 

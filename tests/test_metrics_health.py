@@ -45,11 +45,11 @@ def test_counters_follow_the_work_and_health_follows_the_api(db, tmp_path):
     follow(db, followed)
     port = free_port()
     cfg = write_config(tmp_path / "m.yaml", {
-        "metrics": {"port": port, "host": "127.0.0.1", "api_failure_window_seconds": 2},
+        "metrics": {"port": port, "host": "127.0.0.1"},
         "logging": {"summary_interval_seconds": 0}, "writer": {"flush_interval_seconds": 0.1},
         "api": {"max_retries": 0, "backoff_base_seconds": 0.05},
         "tiers": {"hot": {"poll_interval_seconds": {"min": 0.2, "max": 0.3}, "wallet_cooldown_seconds": 0.2,
-                          "refresh_interval_seconds": 0.5}},
+                          "refresh_interval_seconds": 0.5, "health_window_seconds": 2}},
     })
     run = Proc(["--tier", "hot", "--config", str(cfg)], cli_env(db, sim))
     try:

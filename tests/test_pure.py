@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from polycopy_actors.models import assign_trade_ids, parse_activity, parse_fill, parse_market, parse_position
+from polycopy_actors.client import Rejected
+from polycopy_actors.models import Position, assign_trade_ids, parse_activity, parse_fill, parse_market, parse_position
 from polycopy_actors.ratelimit import TokenBucket
-from polycopy_actors.reconcile import Held, classify, diff_positions
+from polycopy_actors.reconcile import (
+    Held,
+    WindowTrades,
+    classify,
+    closing_activity,
+    diff_positions,
+    explain,
+    replay,
+)
 from polycopy_actors.schedule import Schedule
+from polycopy_actors.wallet_state import WalletState
 
 #: Real API bodies (provenance in SOURCES.md), copied from the project's shared facts so CI needs nothing else.
 SAMPLES = Path(__file__).resolve().parent / "data" / "polymarket-samples"
@@ -57,28 +67,56 @@ def _pos(asset: str, size: str, cid: str = "0x" + "1" * 64) -> object:
     return Position("0x" + "a" * 40, asset, cid, Decimal(size), Decimal("0.5"), Decimal("0.5"), "Yes", 0, "t", False)
 
 
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
 def test_diff_detects_open_change_close_without_trades():
-    opened = datetime(2026, 1, 1, tzinfo=UTC)
-    known = {"1": Held(_pos("1", "10"), opened), "2": Held(_pos("2", "5"), opened)}
-    d = diff_positions(known, [_pos("1", "12"), _pos("3", "1")], now=100.0, grace_seconds=0)
+    known = {"1": Held(_pos("1", "10"), T0, T0), "2": Held(_pos("2", "5"), T0, T0)}
+    d = diff_positions(known, [_pos("1", "12"), _pos("3", "1")], now=_at(100), grace_seconds=0)
     assert [p.asset for p in d.opened] == ["3"]
     assert [p.asset for p in d.changed] == ["1"]
-    assert [h.position.asset for h in d.vanished] == ["2"]
+    assert [h.position.asset for h in d.vanished] == ["2"] and d.vanished[0].missing_since == _at(100)
+    assert d.writes["3"].opened_at == d.writes["3"].last_seen_at == _at(100)
+    assert d.writes["1"].opened_at == T0 and d.writes["1"].last_seen_at == _at(100)
 
 
 def test_diff_grace_period_and_reappearance():
-    opened = datetime(2026, 1, 1, tzinfo=UTC)
-    known = {"1": Held(_pos("1", "10"), opened)}
-    d = diff_positions(known, [], now=100.0, grace_seconds=10)
-    assert not d.vanished and d.missing[0].missing_since == 100.0
+    known = {"1": Held(_pos("1", "10"), T0, T0)}
+    d = diff_positions(known, [], now=_at(100), grace_seconds=10)
+    assert not d.vanished and d.missing[0].missing_since == _at(100) and d.writes["1"].missing_since == _at(100)
     known = {"1": d.missing[0]}
-    assert diff_positions(known, [], now=109.0, grace_seconds=10).vanished == []
-    assert len(diff_positions(known, [], now=110.0, grace_seconds=10).vanished) == 1
-    assert diff_positions(known, [_pos("1", "10")], now=105.0, grace_seconds=10).reappeared == ["1"]
+    later = diff_positions(known, [], now=_at(109), grace_seconds=10)
+    assert later.vanished == [] and "1" not in later.writes  # the mark is stored already
+    assert len(diff_positions(known, [], now=_at(110), grace_seconds=10).vanished) == 1
+    back = diff_positions(known, [_pos("1", "10")], now=_at(105), grace_seconds=10)
+    assert back.reappeared == ["1"] and back.writes["1"].missing_since is None
+
+
+def test_an_incomplete_snapshot_opens_and_updates_but_never_marks_missing():
+    known = {"1": Held(_pos("1", "10"), T0, T0), "2": Held(_pos("2", "5"), T0, T0)}
+    d = diff_positions(known, [_pos("1", "12"), _pos("3", "1")], now=_at(100), grace_seconds=0, complete=False)
+    assert [p.asset for p in d.opened] == ["3"] and [p.asset for p in d.changed] == ["1"]
+    assert not d.vanished and not d.missing and "2" not in d.writes
+
+
+def test_last_seen_is_written_at_most_every_few_seconds():
+    known = {"1": Held(_pos("1", "10"), T0, _at(100))}
+    assert "1" not in diff_positions(known, [_pos("1", "10")], now=_at(105), grace_seconds=0).writes
+    assert diff_positions(known, [_pos("1", "10")], now=_at(111), grace_seconds=0).writes["1"].last_seen_at == _at(111)
+
+
+def test_the_evidence_window_starts_a_margin_before_the_last_sighting():
+    assert Held(_pos("1", "1"), T0, _at(500)).evidence_since(120) == _at(380)
+    assert Held(_pos("1", "1"), T0, None).evidence_since(120) == _at(-120)  # rows older than the column
 
 
 def test_close_reasons():
     assert classify(False, "REDEEM", True) == "redeemed"
+    assert classify(False, "REDEEM", None) == "redeemed"  # an automatic redemption needs no market state
     assert classify(False, None, True) == "market_closed"
     assert classify(False, None, False) == "manual_close"
     assert classify(False, "MERGE", True) == "manual_close"  # merged, then the market resolved
@@ -86,6 +124,89 @@ def test_close_reasons():
     # the other outcome of the market was redeemed meanwhile.
     assert classify(True, None, True) == "manual_close"
     assert classify(True, "REDEEM", True) == "manual_close"
+    # Nothing explains it and the market's state is unknown: not classified (retried), never guessed.
+    assert classify(False, None, None) is None
+    # Maybe sold out (a half sold in the snapshot's own second): a later redemption explains it first.
+    assert classify(False, "REDEEM", True, maybe_sold_out=True) == "redeemed"
+    assert classify(False, None, True, maybe_sold_out=True) == "manual_close"
+
+
+def test_sold_out_means_the_trades_after_the_last_sighting_took_the_seen_size_to_zero():
+    def w(*rows: tuple[int, str, str]) -> WindowTrades:
+        return WindowTrades.of([(ts, side, Decimal(size)) for ts, side, size in rows])
+
+    # v2: the snapshot says which events it reflected (last_event_at): replay what came after.
+    cid = "0x" + "1" * 64
+
+    def r(seen: str, as_of: int, rows: tuple, acts: tuple = ()) -> str | None:
+        return replay(Decimal(seen), as_of, w(*rows), [(ts, kind, cid) for ts, kind in acts], cid)
+
+    assert r("8", 5, ((5, "BUY", "8"), (10, "SELL", "8"))) == "manual_close"  # sold out after the snapshot
+    # Sold half, the snapshot showed the half left, then it was redeemed: not a sell-out.
+    assert r("129", 6, ((5, "BUY", "258"), (6, "SELL", "129")), ((14, "REDEEM"),)) == "redeemed"
+    # The snapshot lagged: it showed 5 although 3 more were bought before the sale of 8.
+    assert r("5", 5, ((5, "BUY", "5"), (10, "BUY", "3"), (12, "SELL", "8"))) == "manual_close"
+    # Merged in the snapshot's second, bought again, redeemed: the merge removed what was seen.
+    assert r("272", 48, ((48, "BUY", "94"), (48, "BUY", "178"), (49, "BUY", "28")),
+             ((48, "MERGE"), (49, "REDEEM"))) == "manual_close"
+    # A REDEEM before the snapshot's last event belonged to something else.
+    assert r("10", 20, ((20, "BUY", "10"),), ((15, "REDEEM"),)) is None
+    assert r("10", 7, ((8, "SELL", "4"),)) is None  # sold part, nothing else: the market decides
+    # Possibly sold out: from the snapshot's own second on (bought and sold out within it), or anywhere
+    # in the window without last_event_at (v1): then a later REDEEM or MERGE explains a close first.
+    rows = ((20, "BUY", "43"), (20, "BUY", "176"), (22, "BUY", "139"), (22, "SELL", "139"))
+    assert r("139", 22, rows) is None and w(*rows).maybe_sold_out(Decimal(139), 22)
+    assert w(*rows).maybe_sold_out(Decimal(139), None)  # an earlier opening (bought, merged) does not hide it
+    assert w((10, "SELL", "8")).maybe_sold_out(Decimal(8), None)
+    assert w((5, "BUY", "5"), (10, "BUY", "3"), (12, "SELL", "8")).maybe_sold_out(Decimal(5), None)
+    assert not w((5, "BUY", "10"), (8, "SELL", "6")).maybe_sold_out(Decimal(4), None)
+    assert not w((5, "BUY", "10"), (8, "SELL", "6")).maybe_sold_out(Decimal(4), 9)
+    assert w((1, "SELL", "2"), (1, "BUY", "2")).last_buy() == 1 and w((1, "SELL", "2")).last_buy() is None
+
+
+def test_a_v2_opening_sold_out_nets_to_nothing_since_its_first_entry():
+    def w(*rows: tuple[int, str, str]) -> WindowTrades:
+        return WindowTrades.of([(ts, side, Decimal(size)) for ts, side, size in rows])
+
+    assert w((39, "BUY", "12"), (39, "BUY", "146"), (39, "SELL", "158")).sold_out_since(39)
+    assert not w((32, "BUY", "118"), (32, "SELL", "59")).sold_out_since(32)  # half left: archived later
+    # An earlier opening closed by a merge (before this one's first entry) does not count.
+    assert w((20, "BUY", "219"), (22, "BUY", "139"), (22, "SELL", "139")).sold_out_since(22)
+    assert not w().sold_out_since(5)  # tokens from a split, never traded
+
+
+def test_explain_uses_the_snapshots_own_times_when_it_has_them():
+    cid = "0x" + "1" * 64
+    pos = Position("0x" + "a" * 40, "1", cid, Decimal(59), Decimal("0.5"), None, "Yes", 0, "t", False,
+                   last_event_at=32, first_entry_at=32)
+    trades = WindowTrades.of([(32, "BUY", Decimal(118)), (32, "SELL", Decimal(59))])
+    held = Held(pos, T0, T0)
+    assert explain(held, trades, [], 0) == (False, None, False)  # archived: the market decides
+    assert explain(held, trades, [(40, "REDEEM", cid)], 0) == (False, "REDEEM", False)
+    sold = WindowTrades.of([(32, "BUY", Decimal(118)), (32, "SELL", Decimal(59)), (35, "SELL", Decimal(59))])
+    assert explain(held, sold, [(40, "REDEEM", cid)], 0) == (True, None, False)
+    v1 = Held(Position("0x" + "a" * 40, "1", cid, Decimal(8), Decimal("0.5"), None, "Yes", 0, "t", False), T0, T0)
+    assert explain(v1, WindowTrades.of([(35, "SELL", Decimal(8))]), [], 30) == (False, None, True)
+
+
+def test_the_last_redeem_or_merge_since_the_position_last_grew_explains_it():
+    cid, other = "0x" + "1" * 64, "0x" + "2" * 64
+    acts = [(20, "MERGE", cid), (24, "REDEEM", cid), (30, "REDEEM", other)]
+    assert closing_activity(acts, cid, since=22) == "REDEEM"  # the merge closed an earlier opening
+    assert closing_activity(acts, cid, since=25) is None
+    assert closing_activity([(20, "MERGE", cid)], cid, since=20) == "MERGE"  # same second: inclusive
+
+
+def _rejected(key: str) -> Rejected:
+    return Rejected("trades", "0x" + "a" * 40, key, "{}", "size: missing")
+
+
+def test_a_malformed_item_holds_the_cursor_for_a_bounded_number_of_reads():
+    st = WalletState("0x" + "a" * 40)
+    for reads in range(1, 4):
+        st.count_rejected([_rejected("k"), _rejected("k")])  # twice in one read counts once
+        assert st.holds([_rejected("k")], hold_reads=3) == (reads < 3)
+    assert st.holds([_rejected("k"), _rejected("new")], hold_reads=3)
 
 
 def _load(name: str) -> object:

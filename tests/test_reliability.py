@@ -114,7 +114,7 @@ def test_database_outage_keeps_the_batch_and_recovers(db, pg_server, tmp_path):
     track_from_now(world)
     sim.drive(0.1)
     port = free_port()
-    cfg = hot_config(tmp_path, metrics={"port": port, "host": "127.0.0.1", "api_failure_window_seconds": 30},
+    cfg = hot_config(tmp_path, metrics={"port": port, "host": "127.0.0.1"},
                      db={"give_up_seconds": 60, "connect_timeout_seconds": 1})
     run = Proc(["--tier", "hot", "--config", str(cfg)], cli_env(db, sim))
     try:
@@ -128,7 +128,8 @@ def test_database_outage_keeps_the_batch_and_recovers(db, pg_server, tmp_path):
         wait_for(lambda: healthz(port)[0] == 200, 30, "/healthz back to 200")
         assert run.popen.poll() is None  # the process rode it out
         sim.stop_driver()
-        wait_for(lambda: converged(db, world, followed, exact_closes=False), 60, "database == ground truth")
+        wait_for(lambda: converged(db, world, followed, exact_closes=False), 60, "database == ground truth",
+                 lambda: report(db, world, followed))
     finally:
         run.popen.send_signal(signal.SIGTERM)
         code = run.wait(20)

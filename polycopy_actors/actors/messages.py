@@ -9,8 +9,9 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.models import Position, Trade
-from polycopy_actors.reconcile import Close
+from polycopy_actors.client import Rejected
+from polycopy_actors.models import Trade
+from polycopy_actors.reconcile import Close, Held
 
 #: Timeout of every ``ask`` (an actor never blocks on another without one).
 ASK_TIMEOUT_SECONDS = 10.0
@@ -81,8 +82,36 @@ class LoadState:
 
 
 @dataclass(frozen=True)
+class TradeEvidence:
+    """Ask the writer (it flushes first) for the wallet's stored trades of each asset since its window
+    start; answers ``{asset: WindowTrades}``."""
+
+    wallet: str
+    windows: tuple[tuple[str, datetime], ...]
+
+
+@dataclass(frozen=True)
+class AcquireLeases:
+    """Ask the writer to take or renew these wallets' leases for the process; answers
+    ``(wallets held, {wallet: (other owner, until)})``."""
+
+    wallets: tuple[str, ...]
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class ReleaseLeases:
+    """Give these wallets' leases up (they left the poller)."""
+
+    wallets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PollResult:
-    """One poll of one wallet, for the writer: all of it lands in one transaction."""
+    """One poll of one wallet, for the writer: all of it lands in one transaction.
+
+    ``final=False``: only the trades and their cursor, sent ahead so that the close evidence read
+    from the database includes them; the wallet's poll state is written by the final result."""
 
     wallet: str
     tier: str
@@ -92,8 +121,11 @@ class PollResult:
     trades: tuple[Trade, ...] = ()
     #: Newest trade time seen (the cursor); written in the same transaction as ``trades``.
     watermark: datetime | None = None
-    upserts: tuple[tuple[Position, datetime], ...] = ()
+    #: Positions whose stored row changes (opened, changed, seen, marked missing or present again).
+    upserts: tuple[Held, ...] = ()
     closes: tuple[Close, ...] = field(default=())
+    rejected: tuple[Rejected, ...] = ()
+    final: bool = True
 
 
 class Ticker:

@@ -1,12 +1,18 @@
 """WalletPoller actor: polls its own wallets, earliest deadline first.
 
-Owns: the wallets of the tier whose hash falls on it, their schedule (cooldown, next-due time), their
-cursors (trade watermarks) and their known open positions, one :class:`PolymarketClient` (one HTTP
-session). Driven by ``tell(Tick)`` that it sends itself, so a crash reaches ``on_failure`` and the
-supervisor. For each poll: trades since the cursor (minus an overlap), the complete positions
-snapshot, and for positions that vanished the wallet's REDEEM activity and gamma's market state; the
-result goes to the DbWriter by ``tell``. It asks (with a timeout) the RateLimiter before every HTTP
-request and the DbWriter for its wallets and their saved state.
+Owns: the wallets of the tier whose hash falls on it and whose lease the process holds, their
+schedule (cooldown, next-due time), one :class:`~polycopy_actors.wallet_state.WalletState` each
+(cursor, stored positions with their close evidence, malformed items, per-kind back-off), and one
+:class:`PolymarketClient` (one HTTP session). Driven by ``tell(Tick)`` that it sends itself, so a
+crash reaches ``on_failure`` and the supervisor.
+
+Each poll makes independent reads: trades since the cursor (minus an overlap), the positions
+snapshot, and, for positions missing past the grace period, the close evidence (the wallet's stored
+trades from the DbWriter, its REDEEM/MERGE activity, gamma's market state). Each kind succeeds or
+fails on its own: trades that were read are always delivered, a failing kind backs off alone, and
+reconciliation waits for the next complete snapshot. Results go to the DbWriter by ``tell``; it asks
+(with a timeout) the RateLimiter before every HTTP request and the DbWriter for its wallets, their
+leases (renewed at every refresh) and their saved state.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import pykka
@@ -26,27 +31,27 @@ from polycopy_actors import metrics
 from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
     Acquire,
+    AcquireLeases,
     Crash,
     LoadState,
     PollResult,
+    ReleaseLeases,
     Throttle,
     Tick,
     TierWallets,
+    TradeEvidence,
 )
 from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.client import ApiError, PolymarketClient, Stopped
+from polycopy_actors.client import ApiError, PolymarketClient, Rejected, Stopped
 from polycopy_actors.config import Settings, TierSettings
 from polycopy_actors.metrics import HealthState
-from polycopy_actors.models import Position, Trade
-from polycopy_actors.reconcile import Close, Held, classify, diff_positions
+from polycopy_actors.models import Trade
+from polycopy_actors.reconcile import Close, Diff, Held, classify, diff_positions, explain
 from polycopy_actors.schedule import Schedule
+from polycopy_actors.wallet_state import WalletState
 from polycopy_actors.wallets import shard_of
 
 log = logging.getLogger(__name__)
-
-#: A position whose size minus the sells since it was last seen is at most this is sold out.
-SIZE_EPSILON = Decimal("0.000001")
-
 
 class PassTracker:
     """One pass over the tier (``--once`` or a sweep), shared by the pollers of a process (any thread).
@@ -149,6 +154,8 @@ class TierContext:
     #: A sweep resuming after a restart skips wallets polled since the sweep started.
     polled_before: datetime | None = None
     wallet_counts: WalletCounts = field(default_factory=WalletCounts)
+    #: This process's name in ``wallet_leases`` (the DbWriter fences rows with the same name).
+    owner: str = ""
 
     @property
     def tier_settings(self) -> TierSettings:
@@ -159,9 +166,6 @@ def poller_index(wallet: str, pollers: int) -> int:
     """Which poller of a shard owns a wallet (other hex digits than the shard hash)."""
     return int(wallet[10:18], 16) % pollers if pollers > 1 else 0
 
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
@@ -180,15 +184,14 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         self.limiter = limiter
         self.writer = writer
         ts = ctx.tier_settings
+        self.rng = random.Random()
         self.schedule = Schedule(ts.wallet_cooldown_seconds, ts.poll_interval_seconds.min,
-                                 ts.poll_interval_seconds.max, random.Random())
-        self.watermarks: dict[str, datetime | None] = {}
-        self.known: dict[str, dict[str, Held]] = {}
-        self.errors: dict[str, int] = {}
-        #: trade ids of each wallet's last successful read (what "new since the last poll" means)
-        self.recent_ids: dict[str, frozenset[str]] = {}
-        #: start of each wallet's last successful poll: when its positions were last seen
-        self.last_ok: dict[str, datetime] = {}
+                                 ts.poll_interval_seconds.max, self.rng)
+        self.states: dict[str, WalletState] = {}
+        #: Until when (monotonic) the leases taken at the last refresh hold: no reconciling after it.
+        self.lease_until = 0.0
+        #: Wallets another process holds (logged once each, until it lets them go).
+        self.elsewhere: set[str] = set()
         self.next_refresh = 0.0
         self.next_status = 0.0
         self.pass_pending: set[str] | None = None
@@ -255,47 +258,50 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
                 and poller_index(wallet, self.count) == self.index)
 
     def _refresh(self, now: float) -> None:
-        """Re-read the tier's wallets. In a pass (``--once``/sweep) only the first read adds wallets;
-        later reads only drop those that left the tier (a cold trader followed meanwhile)."""
+        """Re-read the tier's wallets and renew their leases. In a pass (``--once``/sweep) only the first
+        read adds wallets; later reads only drop those that left the tier (a cold trader followed
+        meanwhile) or whose lease another process took."""
         tracker = self.ctx.once
         first = not self.schedule.wallets() and self.pass_pending is None
-        self.next_refresh = now + self.ctx.tier_settings.refresh_interval_seconds
+        ts = self.ctx.tier_settings
+        self.next_refresh = now + ts.refresh_interval_seconds
         polled_before = self.ctx.polled_before if first else None
+        current = set(self.schedule.wallets())
         try:
             wallets = [w for w in self.writer.ask(TierWallets(self.ctx.tier, polled_before),
                                                   timeout=ASK_TIMEOUT_SECONDS) if self._mine(w)]
-            current = set(self.schedule.wallets())
-            added = [w for w in wallets if w not in current] if tracker is None or first else []
-            removed = current - set(wallets)
+            wanted = wallets if tracker is None or first else [w for w in wallets if w in current]
+            held: set[str] = set()
+            others: dict[str, tuple[str, datetime]] = {}
+            if wanted:
+                held, others = self.writer.ask(AcquireLeases(tuple(wanted), ts.lease_ttl_seconds),
+                                               timeout=ASK_TIMEOUT_SECONDS)
+            added = [w for w in wanted if w in held and w not in current]
             if added:
-                states = self.writer.ask(LoadState(tuple(added), self.ctx.settings.api.overlap_seconds),
+                stored = self.writer.ask(LoadState(tuple(added), self.ctx.settings.api.overlap_seconds),
                                          timeout=ASK_TIMEOUT_SECONDS)
         except (pykka.Timeout, pykka.ActorDeadError, Exception) as exc:  # noqa: BLE001 - DB down: retry later
             log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier, exc)
-            self.next_refresh = now + min(5.0, self.ctx.tier_settings.refresh_interval_seconds)
+            self.next_refresh = now + min(5.0, ts.refresh_interval_seconds)
             return
+        self.lease_until = now + ts.lease_ttl_seconds
+        for wallet, (owner, until) in others.items():
+            if wallet not in self.elsewhere:
+                log.info("%s: wallet %s is polled by %s (lease until %s); not here", self.child_name, wallet, owner,
+                         until.isoformat(timespec="seconds"))
+        self.elsewhere = set(others)
+        removed = current - held
+        left = [w for w in removed if w not in others]
+        if left:
+            self.writer.tell(ReleaseLeases(tuple(left)))
         for wallet in removed:
             self.schedule.remove(wallet)
-            self.watermarks.pop(wallet, None)
-            self.known.pop(wallet, None)
-            self.errors.pop(wallet, None)
-            self.recent_ids.pop(wallet, None)
-            self.last_ok.pop(wallet, None)
+            self.states.pop(wallet, None)
             if tracker is not None and self.pass_pending is not None and wallet in self.pass_pending:
                 self.pass_pending.discard(wallet)
                 tracker.drop(wallet)
         for i, wallet in enumerate(added):
-            state = states[wallet]
-            self.watermarks[wallet] = state["last_trade_at"]
-            if state["last_trade_at"] is not None:
-                self.recent_ids[wallet] = frozenset(state["recent_trade_ids"])
-            if state["last_success_at"] is not None:
-                self.last_ok[wallet] = state["last_success_at"]
-            self.known[wallet] = {
-                asset: Held(Position(wallet, asset, p["condition_id"], p["size"], p["avg_price"], p["cur_price"],
-                                     p["outcome"], p["outcome_index"], p["title"], p["redeemable"]), p["opened_at"])
-                for asset, p in state["positions"].items()
-            }
+            self.states[wallet] = WalletState.from_stored(wallet, stored[wallet])
             # Keep the database's order (least recently polled first): earliest deadline first.
             self.schedule.add(wallet, now + 1e-6 * i)
         if added or removed:
@@ -334,119 +340,151 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
     # --- one poll -----------------------------------------------------------------------------------------
 
     def _poll(self, wallet: str) -> None:
+        """One poll: independent reads; whatever succeeded is delivered (see the module docstring)."""
         assert self.client is not None
-        tier = self.ctx.tier
+        st = self.states[wallet]
+        api, tier = self.ctx.settings.api, self.ctx.tier
+        grace = self.ctx.settings.reconcile.close_grace_seconds
         polled_at = datetime.now(UTC)
+        mono = time.monotonic()
+        failures: list[str] = []
+        rejected: list[Rejected] = []
+        trades: list[Trade] = []
+        trades_ok = hold = False
+        since = st.since(api.overlap_seconds)
         try:
-            result, changes = self._fetch(wallet, polled_at)
+            read = self.client.trades_since(wallet, since)
+            trades, trades_ok = read.items, True
+            st.count_rejected(read.rejected)
+            rejected += read.rejected
+            # A skipped (malformed) trade must not fall behind the cursor, for a bounded number of reads.
+            hold = st.holds(read.rejected, api.malformed_hold_reads)
         except ApiError as exc:
-            self.errors[wallet] = self.errors.get(wallet, 0) + 1
-            metrics.WALLET_POLLS.labels(tier, "error").inc()
-            self.ctx.stats.add(polls=1, errors=1)
-            log.warning("poll of %s failed (%s, %d in a row): %s", wallet, exc.kind, self.errors[wallet], exc)
-            self.writer.tell(PollResult(wallet, tier, polled_at, ok=False, error=f"{exc.kind}: {exc}"))
-            self._after(wallet, self.errors[wallet])
-            return
-        self.errors[wallet] = 0
-        self.writer.tell(result)
-        metrics.WALLET_POLLS.labels(tier, "ok").inc()
-        metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
-        self.ctx.health.poll_succeeded()
-        self.ctx.stats.add(polls=1, trades=changes.pop("new_trades"), closes=len(result.closes))
-        for kind, n in changes.items():
-            if n:
-                metrics.POSITION_CHANGES.labels(kind).inc(n)
-        if any(changes.values()):
-            log.debug("polled %s: %d trades, changes %s", wallet, len(result.trades), changes)
-        self._after(wallet, 0)
-
-    def _after(self, wallet: str, errors: int) -> None:
-        if self.pass_pending is not None:
-            if errors == 0 or errors > self.ctx.settings.api.max_retries:
-                self.pass_pending.discard(wallet)
-                if self.ctx.once is not None:
-                    self.ctx.once.swept(wallet)
-                self.schedule.park(wallet)
-                self._check_pass()
-                return
-        self.schedule.done(wallet, time.monotonic(), errors)
-
-    def _fetch(self, wallet: str, polled_at: datetime) -> tuple[PollResult, dict[str, int]]:
-        assert self.client is not None
-        api = self.ctx.settings.api
-        watermark = self.watermarks.get(wallet)
-        since = None if watermark is None else max(1, int(watermark.timestamp()) - api.overlap_seconds)
-        damaged_before = self.client.malformed_items
-        trades = self.client.trades_since(wallet, since)
-        snapshot = self.client.positions(wallet)
-        known = self.known.setdefault(wallet, {})
-        d = diff_positions(known, snapshot, time.monotonic(), self.ctx.settings.reconcile.close_grace_seconds)
-        if d.vanished:
+            st.trade_errors += 1
+            failures.append(f"trades: {exc.kind}: {exc}")
+        diff: Diff | None = None
+        if st.positions_read.due(mono) and mono < self.lease_until:
+            try:
+                snap = self.client.positions(wallet)
+                st.count_rejected(snap.rejected)
+                rejected += snap.rejected
+                st.positions_read.ok()
+                diff = diff_positions(st.positions, snap.items, polled_at, grace, complete=not snap.rejected)
+            except ApiError as exc:
+                st.positions_read.failed(mono, api.backoff_base_seconds, self.rng)
+                failures.append(f"positions: {exc.kind}: {exc}")
+        vanished = diff.vanished if diff is not None and st.evidence_read.due(mono) else []
+        if vanished and trades_ok:
             # Trades made between the read above and the snapshot explain a vanished position too:
             # read again (the overlap window only), so a sale is never mistaken for a market close.
-            merged = {t.trade_id: t for t in trades}
-            merged.update((t.trade_id, t) for t in self.client.trades_since(wallet, since))
-            trades = sorted(merged.values(), key=lambda t: t.timestamp)
-        # A skipped (malformed) trade must not fall behind the cursor: keep the cursor, re-read next time.
-        hold_cursor = self.client.malformed_items > damaged_before
-        # Trades made since the previous snapshot: those not in the previous poll's read (that read came
-        # before that snapshot); after a restart, not among the stored trades the overlap re-reads.
-        previous = self.recent_ids.get(wallet)
-        after = 0 if watermark is None else watermark.timestamp()
-        new = [t for t in trades if (t.trade_id not in previous if previous is not None else t.timestamp > after)]
-        closes = self._classify(wallet, d.vanished, new, polled_at) if d.vanished else []
-        upserts: list[tuple[Position, datetime]] = [(p, polled_at) for p in d.opened]
-        upserts += [(p, known[p.asset].opened_at) for p in d.changed + d.refreshed]
-        # The poll succeeded: update what this poller knows, then hand the result to the writer.
-        for p in d.opened:
-            known[p.asset] = Held(p, polled_at)
-        for p in d.changed + d.refreshed:
-            known[p.asset] = Held(p, known[p.asset].opened_at)
-        for asset in d.reappeared:
-            if asset in known:
-                known[asset] = replace(known[asset], missing_since=None)
-        for held in d.missing:
-            known[held.position.asset] = held
-        for close in closes:
-            known.pop(close.held.position.asset, None)
-        new_mark = None if hold_cursor else max((t.timestamp for t in trades), default=None)
-        if new_mark is not None:
-            mark = _utc(new_mark)
-            self.watermarks[wallet] = mark if watermark is None else max(watermark, mark)
-        result = PollResult(
-            wallet=wallet, tier=self.ctx.tier, polled_at=polled_at, ok=True, trades=tuple(trades),
-            watermark=_utc(new_mark) if new_mark is not None else None, upserts=tuple(upserts), closes=tuple(closes),
-        )
-        # Trades past the old watermark are new; the rest are the overlap re-read (upserted again, harmlessly).
-        self.recent_ids[wallet] = frozenset(t.trade_id for t in trades)
-        self.last_ok[wallet] = polled_at
-        new_trades = len(new)
-        changes = {"opened": len(d.opened), "changed": len(d.changed), "closed": len(closes), "new_trades": new_trades}
-        return result, changes
+            try:
+                merged = {t.trade_id: t for t in trades}
+                merged.update((t.trade_id, t) for t in self.client.trades_since(wallet, since).items)
+                trades = sorted(merged.values(), key=lambda t: t.timestamp)
+            except ApiError as exc:
+                failures.append(f"trades: {exc.kind}: {exc}")
+        new_trades = st.new_trades(trades) if trades_ok else 0
+        watermark = st.trades_read(trades, hold) if trades_ok else None
+        closes: list[Close] = []
+        if vanished:
+            # The close evidence is read from the database: the trades go first (the writer flushes
+            # them before it answers).
+            self.writer.tell(PollResult(wallet, tier, polled_at, ok=True, trades=tuple(trades), watermark=watermark,
+                                        final=False))
+            trades, watermark = [], None
+            closes, problem, more = self._classify(st, vanished, polled_at)
+            rejected += more
+            if problem is None:
+                st.evidence_read.ok()
+            else:
+                st.evidence_read.failed(mono, api.backoff_base_seconds, self.rng)
+                failures.append(problem)
+        upserts = st.apply(diff, closes) if diff is not None else []
+        error = "; ".join(failures)[:500] if failures else None
+        self.writer.tell(PollResult(wallet, tier, polled_at, ok=not failures, error=error, trades=tuple(trades),
+                                    watermark=watermark, upserts=tuple(upserts), closes=tuple(closes),
+                                    rejected=tuple(rejected)))
+        metrics.WALLET_POLLS.labels(tier, "error" if failures else "ok").inc()
+        if trades_ok or diff is not None:
+            metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
+            self.ctx.health.poll_succeeded()
+        self.ctx.stats.add(polls=1, trades=new_trades, closes=len(closes), errors=1 if failures else 0)
+        if diff is not None:
+            for kind, n in (("opened", len(diff.opened)), ("changed", len(diff.changed)), ("closed", len(closes))):
+                if n:
+                    metrics.POSITION_CHANGES.labels(kind).inc(n)
+        if failures:
+            log.warning("poll of %s: %s", wallet, error)
+        self._after(wallet, st, trades_ok, diff is not None)
 
-    def _classify(self, wallet: str, vanished: list[Held], new: list[Trade], polled_at: datetime) -> list[Close]:
-        """Why each vanished position closed: its own trades since the last poll, the first
-        REDEEM/MERGE of its market since then, then gamma's market state (see ``classify``)."""
+    def _after(self, wallet: str, st: WalletState, trades_ok: bool, positions_ok: bool) -> None:
+        """Schedule the wallet's next poll. In a pass (sweep or ``--once``) a wallet is done once its
+        reads succeeded (or failed more than ``api.max_retries`` times) and no position of it waits:
+        a position still inside its grace period is re-checked after it, in the same pass."""
+        mono = time.monotonic()
+        if self.pass_pending is None:
+            self.schedule.done(wallet, mono, st.trade_errors)
+            return
+        limit = self.ctx.settings.api.max_retries
+        reads_done = ((trades_ok or st.trade_errors > limit)
+                      and (positions_ok or st.positions_read.errors > limit or mono >= self.lease_until))
+        recheck = st.recheck_at(self.ctx.settings.reconcile.close_grace_seconds) if positions_ok else None
+        if reads_done and (recheck is None or st.pass_rechecks > limit + 1):
+            self.pass_pending.discard(wallet)
+            if self.ctx.once is not None:
+                self.ctx.once.swept(wallet)
+            self.schedule.park(wallet)
+            self._check_pass()
+            return
+        if reads_done and recheck is not None:
+            st.pass_rechecks += 1
+            wait = (recheck - datetime.now(UTC)).total_seconds()
+            wait = max(wait, st.evidence_read.retry_at - mono, self.ctx.tier_settings.wallet_cooldown_seconds)
+            self.schedule.at(wallet, mono + wait)
+            return
+        self.schedule.done(wallet, mono, max(st.trade_errors, st.positions_read.errors))
+
+    def _classify(self, st: WalletState, vanished: list[Held], polled_at: datetime,
+                  ) -> tuple[list[Close], str | None, list[Rejected]]:
+        """Why each vanished position closed, from the evidence since it was last seen minus the margin
+        (see :func:`~polycopy_actors.reconcile.classify`). Returns the closes decided, what kept the
+        others undecided (they are tried again later), and the malformed activity rows."""
         assert self.client is not None
-        flow: dict[str, Decimal] = {}
-        for t in new:
-            flow[t.asset] = flow.get(t.asset, Decimal(0)) + (t.size if t.side == "BUY" else -t.size)
-        last_seen = self.last_ok.get(wallet)
-
-        def seen_since(h: Held) -> int:
-            """Second from which events can explain the vanishing (inclusive: one-second resolution)."""
-            return int(max(h.opened_at, last_seen).timestamp() if last_seen else h.opened_at.timestamp())
-
-        activity = sorted(self.client.closing_activity_since(wallet, min(seen_since(h) for h in vanished)),
-                          key=lambda a: (a.timestamp, a.type != "MERGE"))  # same second: a merge comes first
-        decided: dict[str, tuple[bool, str | None]] = {}
+        margin = self.ctx.settings.reconcile.evidence_margin_seconds
+        windows = {h.position.asset: h.trades_since(margin) for h in vanished}
+        try:
+            flows = self.writer.ask(TradeEvidence(st.wallet, tuple(windows.items())), timeout=ASK_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the database is down: decide later
+            return [], f"close evidence: the database did not answer ({exc})", []
+        start = int(min(h.evidence_since(margin) for h in vanished).timestamp())
+        try:
+            read = self.client.closing_activity_since(st.wallet, start)
+        except ApiError as exc:
+            return [], f"activity: {exc.kind}: {exc}", []
+        st.count_rejected(read.rejected)
+        if st.holds(read.rejected, self.ctx.settings.api.malformed_hold_reads):
+            return [], "activity: malformed rows; closes wait", read.rejected
+        activity = [(a.timestamp, a.type, a.condition_id) for a in read.items]
+        decided = {h.position.asset: explain(h, flows[h.position.asset], activity,
+                                             int(h.evidence_since(margin).timestamp())) for h in vanished}
+        need = sorted({h.position.condition_id for h in vanished if not any(decided[h.position.asset])})
+        states: dict[str, bool] = {}
+        problem: str | None = None
+        if need:
+            try:
+                states = self.client.market_states(need)
+            except ApiError as exc:
+                problem = f"markets: {exc.kind}: {exc}"
+        closes: list[Close] = []
         for h in vanished:
             p = h.position
-            sold_out = p.asset in flow and p.size + flow[p.asset] <= SIZE_EPSILON
-            first = next((a.type for a in activity if a.condition_id == p.condition_id
-                          and a.timestamp >= seen_since(h)), None)
-            decided[p.asset] = (sold_out, first)
-        undecided = sorted({h.position.condition_id for h in vanished if decided[h.position.asset] == (False, None)})
-        closed = set(self.client.closed_markets(undecided)) if undecided else set()
-        return [Close(h, classify(*decided[h.position.asset], h.position.condition_id in closed), polled_at)
-                for h in vanished]
+            # A position the API last showed as redeemable is in a resolved market, whatever gamma says.
+            market_closed = states.get(p.condition_id, True if p.redeemable else None)
+            sold_out, last_activity, maybe_sold_out = decided[p.asset]
+            reason = classify(sold_out, last_activity, market_closed, maybe_sold_out)
+            if reason is not None:
+                closes.append(Close(h, reason, polled_at))
+        waiting = len(vanished) - len(closes)
+        if waiting and problem is None:
+            problem = f"markets: the state of {waiting} closed position(s)' markets is unknown; closes wait"
+        return closes, problem, read.rejected

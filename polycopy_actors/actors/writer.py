@@ -2,23 +2,29 @@
 
 State it owns: the pool (opened in ``on_start``, closed in ``on_stop``) and a buffer keyed by
 conflict key (last write wins): trades by ``trade_id``, positions by ``(wallet, asset)``, closes by
-``(wallet, asset, opened_at)``, poll state by wallet. It flushes on ``writer.batch_max_rows`` or
+``(wallet, asset, opened_at)``, rejected items by ``(wallet, route, item key)``, poll state by wallet.
+Positions and closes are fenced by the wallet leases: a row of a wallet whose lease another owner
+holds is not written (two processes never reconcile one wallet at once). It flushes on ``writer.batch_max_rows`` or
 on its ticker (``writer.flush_interval_seconds``), one transaction per flush, so a wallet's cursor
 commits with the trades it covers. On a database error the batch is kept and retried with backoff;
 a database down for longer than ``db.give_up_seconds`` ends the process (``on_fatal``). It flushes
 again when stopped.
 
-Messages: ``tell(PollResult)``, ``tell(FlushTick)``, ``ask(TierWallets)``, ``ask(LoadState)``.
+Messages: ``tell(PollResult)``, ``tell(FlushTick)``, ``tell(ReleaseLeases)``, ``ask(TierWallets)``,
+``ask(LoadState)``, ``ask(AcquireLeases)``, ``ask(TradeEvidence)`` (the last three flush first where the
+answer depends on buffered rows).
 Threads: the actor's thread does everything; the ticker thread only sends ``FlushTick``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -26,13 +32,24 @@ import pykka
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from polycopy_actors import metrics, store
-from polycopy_actors.actors.messages import Crash, FlushTick, LoadState, PollResult, Ticker, TierWallets
+from polycopy_actors.actors.messages import (
+    AcquireLeases,
+    Crash,
+    FlushTick,
+    LoadState,
+    PollResult,
+    ReleaseLeases,
+    Ticker,
+    TierWallets,
+    TradeEvidence,
+)
 from polycopy_actors.actors.supervisor import SupervisedMixin
+from polycopy_actors.client import Rejected
 from polycopy_actors.config import Settings
 from polycopy_actors.db import make_pool, scrub
 from polycopy_actors.metrics import HealthState
-from polycopy_actors.models import Position, Trade
-from polycopy_actors.reconcile import Close
+from polycopy_actors.models import Trade
+from polycopy_actors.reconcile import Close, Held, WindowTrades
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +69,33 @@ class WriteBuffer:
 
     def __init__(self) -> None:
         self.trades: dict[str, tuple[Trade, str]] = {}
-        self.positions: dict[tuple[str, str], tuple[Position, datetime]] = {}
+        self.positions: dict[tuple[str, str], Held] = {}
         self.closes: dict[tuple[str, str, datetime], Close] = {}
+        self.rejected: dict[tuple[str, str, str], tuple[Rejected, int]] = {}
         self.states: dict[str, _State] = {}
 
     def __len__(self) -> int:
-        return len(self.trades) + len(self.positions) + len(self.closes) + len(self.states)
+        return len(self.trades) + len(self.positions) + len(self.closes) + len(self.rejected) + len(self.states)
 
     def add(self, r: PollResult) -> None:
         for t in r.trades:
             self.trades[t.trade_id] = (t, r.tier)
+        for item in r.rejected:
+            key = (item.wallet, item.route, item.key)
+            self.rejected[key] = (item, self.rejected[key][1] + 1 if key in self.rejected else 1)
         for close in r.closes:
             p = close.held.position
             self.closes[(p.wallet, p.asset, close.held.opened_at)] = close
             pending = self.positions.get((p.wallet, p.asset))
-            if pending is not None and pending[1] == close.held.opened_at:
+            if pending is not None and pending.opened_at == close.held.opened_at:
                 del self.positions[(p.wallet, p.asset)]
-        for pos, opened_at in r.upserts:
-            self.positions[(pos.wallet, pos.asset)] = (pos, opened_at)
-        old = self.states.get(r.wallet)
-        if old is None:
-            old = _State(r.tier, r.polled_at, None, None, 0, None)
-            self.states[r.wallet] = old
+        for held in r.upserts:
+            self.positions[(held.position.wallet, held.position.asset)] = held
+        if not r.final:
+            if r.watermark is not None:
+                self._state(r).watermark = max(r.watermark, self._state(r).watermark or r.watermark)
+            return
+        old = self._state(r)
         old.polled_at = max(old.polled_at, r.polled_at)
         if r.watermark is not None:
             old.watermark = r.watermark if old.watermark is None else max(old.watermark, r.watermark)
@@ -83,6 +105,13 @@ class WriteBuffer:
         else:
             old.new_errors += 1
             old.last_error = (r.error or "error")[:500]
+
+    def _state(self, r: PollResult) -> _State:
+        old = self.states.get(r.wallet)
+        if old is None:
+            old = _State(r.tier, r.polled_at, None, None, 0, None)
+            self.states[r.wallet] = old
+        return old
 
 
 # Parameters travel in binary (%b): parsing 13 text arrays of a big batch costs more than the upsert.
@@ -106,11 +135,16 @@ WHERE (t.wallet, t.condition_id, t.asset, t.side, t.size, t.price, t.outcome, t.
 RETURNING trade_id, (xmax = 0) AS inserted
 """
 
+# Fencing: positions and closes of a wallet whose lease another owner holds are not written
+# (the NOT EXISTS clause of the three statements below).
 _CLOSES_SQL = """
 INSERT INTO positions_closed (wallet, asset, condition_id, size, avg_price, outcome, title, reason, opened_at,
                               closed_at)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::text[], %b::text[],
-                     %b::text[], %b::timestamptz[], %b::timestamptz[])
+SELECT g.* FROM unnest(%b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::text[], %b::text[],
+                       %b::text[], %b::timestamptz[], %b::timestamptz[])
+       AS g(wallet, asset, condition_id, size, avg_price, outcome, title, reason, opened_at, closed_at)
+WHERE NOT EXISTS (SELECT 1 FROM wallet_leases l WHERE l.wallet = g.wallet AND l.owner <> %s
+                  AND l.locked_until > clock_timestamp())
 ON CONFLICT ON CONSTRAINT positions_closed_once DO NOTHING
 RETURNING reason
 """
@@ -119,17 +153,36 @@ _CLOSES_DELETE_SQL = """
 DELETE FROM positions_current c
 USING unnest(%b::text[], %b::text[], %b::timestamptz[]) AS g(wallet, asset, opened_at)
 WHERE c.wallet = g.wallet AND c.asset = g.asset AND c.opened_at = g.opened_at
+  AND NOT EXISTS (SELECT 1 FROM wallet_leases l WHERE l.wallet = g.wallet AND l.owner <> %s
+                  AND l.locked_until > clock_timestamp())
 """
 
+# An existing row keeps its opened_at: the opening is the row's, not the poller's memory of it.
 _POSITIONS_SQL = """
-INSERT INTO positions_current (wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index,
-                               title, redeemable, opened_at)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::numeric[], %b::text[],
-                     %b::int[], %b::text[], %b::bool[], %b::timestamptz[])
+INSERT INTO positions_current AS c (wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index,
+                                    title, redeemable, opened_at, last_seen_at, missing_since, last_event_at,
+                                    first_entry_at)
+SELECT g.* FROM unnest(%b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[], %b::numeric[], %b::text[],
+                       %b::int[], %b::text[], %b::bool[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
+                       %b::int8[], %b::int8[])
+       AS g(wallet, asset, condition_id, size, avg_price, cur_price, outcome, outcome_index, title, redeemable,
+            opened_at, last_seen_at, missing_since, last_event_at, first_entry_at)
+WHERE NOT EXISTS (SELECT 1 FROM wallet_leases l WHERE l.wallet = g.wallet AND l.owner <> %s
+                  AND l.locked_until > clock_timestamp())
 ON CONFLICT (wallet, asset) DO UPDATE SET
     condition_id = excluded.condition_id, size = excluded.size, avg_price = excluded.avg_price,
     cur_price = excluded.cur_price, outcome = excluded.outcome, outcome_index = excluded.outcome_index,
-    title = excluded.title, redeemable = excluded.redeemable, opened_at = excluded.opened_at, updated_at = now()
+    title = excluded.title, redeemable = excluded.redeemable,
+    last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at), missing_since = excluded.missing_since,
+    last_event_at = excluded.last_event_at, first_entry_at = excluded.first_entry_at, updated_at = now()
+RETURNING 1
+"""
+
+_REJECTED_SQL = """
+INSERT INTO rejected_items AS r (route, wallet, item_key, raw, reason, seen_count)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
+ON CONFLICT (wallet, route, item_key) DO UPDATE SET
+    seen_count = r.seen_count + excluded.seen_count, reason = excluded.reason, last_seen_at = now()
 """
 
 _STATE_SQL = """
@@ -150,9 +203,10 @@ ON CONFLICT (wallet) DO UPDATE SET
 """
 
 
-def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer) -> dict[str, Any]:
-    """Write a whole buffer inside the caller's transaction; returns what was written."""
-    written: dict[str, Any] = {"trades": {}, "closed": {}, "lags": []}
+def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = "") -> dict[str, Any]:
+    """Write a whole buffer inside the caller's transaction; returns what was written. ``owner``: this
+    process's lease owner (rows of wallets another owner leases are fenced off)."""
+    written: dict[str, Any] = {"trades": {}, "closed": {}, "lags": [], "fenced": 0}
     now = time.time()
     with conn.cursor() as cur:
         if buf.trades:
@@ -174,20 +228,28 @@ def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer) -> dict[str, An
             cur.execute(_CLOSES_SQL, (
                 [p.wallet for p in ps], [p.asset for p in ps], [p.condition_id for p in ps], [p.size for p in ps],
                 [p.avg_price for p in ps], [p.outcome for p in ps], [p.title for p in ps], [c.reason for c in cl],
-                [c.held.opened_at for c in cl], [c.closed_at for c in cl],
+                [c.held.opened_at for c in cl], [c.closed_at for c in cl], owner,
             ))
             for (reason,) in cur.fetchall():
                 written["closed"][reason] = written["closed"].get(reason, 0) + 1
             cur.execute(_CLOSES_DELETE_SQL, ([p.wallet for p in ps], [p.asset for p in ps],
-                                             [c.held.opened_at for c in cl]))
+                                             [c.held.opened_at for c in cl], owner))
         if buf.positions:
-            items = list(buf.positions.values())
-            ps = [p for p, _ in items]
+            hs = list(buf.positions.values())
+            ps = [h.position for h in hs]
             cur.execute(_POSITIONS_SQL, (
                 [p.wallet for p in ps], [p.asset for p in ps], [p.condition_id for p in ps], [p.size for p in ps],
                 [p.avg_price for p in ps], [p.cur_price for p in ps], [p.outcome for p in ps],
                 [p.outcome_index for p in ps], [p.title for p in ps], [p.redeemable for p in ps],
-                [o for _, o in items],
+                [h.opened_at for h in hs], [h.last_seen_at for h in hs], [h.missing_since for h in hs],
+                [p.last_event_at for p in ps], [p.first_entry_at for p in ps], owner,
+            ))
+            written["fenced"] = len(hs) - len(cur.fetchall())
+        if buf.rejected:
+            items = list(buf.rejected.values())
+            cur.execute(_REJECTED_SQL, (
+                [r.route for r, _ in items], [r.wallet for r, _ in items], [r.key for r, _ in items],
+                [r.raw for r, _ in items], [r.reason for r, _ in items], [n for _, n in items],
             ))
         if buf.states:
             ws = list(buf.states)
@@ -205,8 +267,11 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, supervisor: pykka.ActorRef[Any], name: str, settings: Settings, dsn: str,
-                 health: HealthState, on_fatal: Callable[[int, str], None]) -> None:
+                 health: HealthState, on_fatal: Callable[[int, str], None], owner: str = "") -> None:
         super().__init__()
+        #: This process's lease owner name (fencing of position and close rows).
+        self.owner = owner
+        self.reclaimed = False
         self.supervisor = supervisor
         self.child_name = name
         self.settings = settings
@@ -235,6 +300,13 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
                 time.sleep(0.2)
         if len(self.buffer):
             log.error("writer stopped with %d buffered rows not written (database unreachable)", len(self.buffer))
+        elif self.owner and self.pool is not None:
+            try:  # hand the wallets over at once instead of after their leases run out
+                with self._conn() as conn:
+                    store.release_leases(conn, self.owner)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning("could not release the wallet leases (%s); they expire by themselves",
+                            type(exc).__name__)
         if self.pool is not None:
             self.pool.close(timeout=2)
 
@@ -259,15 +331,59 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
                 metrics.WATERMARK_LAG.labels(message.tier).set(lag)
             return wallets
         if isinstance(message, LoadState):
-            if len(self.buffer):
-                self._flush()
-            if len(self.buffer):
-                raise RuntimeError("database unavailable: cannot load wallet state")
+            self._flush_for_read("load wallet state")
             with self._conn() as conn:
                 return store.load_wallet_state(conn, list(message.wallets), message.overlap_seconds)
+        if isinstance(message, TradeEvidence):
+            self._flush_for_read("read trade evidence")
+            with self._conn() as conn:
+                rows = store.window_trades(conn, message.wallet, list(message.windows))
+            return {asset: WindowTrades.of(trades) for asset, trades in rows.items()}
+        if isinstance(message, AcquireLeases):
+            self._flush_for_read("take wallet leases")
+            with self._conn() as conn:
+                if not self.reclaimed:
+                    self._reclaim_dead_local_owners(conn)
+                    self.reclaimed = True
+                held = store.acquire_leases(conn, list(message.wallets), self.owner, message.ttl_seconds)
+                others = store.lease_holders(conn, [w for w in message.wallets if w not in held])
+            return held, others
+        if isinstance(message, ReleaseLeases):
+            try:  # a tell: a failure here must not stop the writer; the leases expire by themselves
+                self._flush_for_read("release wallet leases")
+                with self._conn() as conn:
+                    store.release_leases(conn, self.owner, list(message.wallets))
+            except (psycopg.Error, PoolTimeout, RuntimeError) as exc:
+                log.warning("could not release %d wallet leases (%s); they expire by themselves",
+                            len(message.wallets), exc)
+            return None
         if isinstance(message, Crash):
             raise RuntimeError(message.reason)
         return None
+
+    def _reclaim_dead_local_owners(self, conn: Any) -> None:
+        """Leases of an earlier process on this host that is gone (killed, crashed): released at once, so
+        a restart does not wait for them to expire. Owners are ``host:pid:...``; a pid that no longer
+        runs, or that is this process's own pid under another name, is gone."""
+        host = socket.gethostname()
+        for owner in store.local_owners(conn, host):
+            if owner == self.owner:
+                continue
+            try:
+                pid = int(owner.split(":")[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and _pid_alive(pid):
+                continue
+            n = store.release_leases(conn, owner)
+            log.info("released %d wallet leases of %s (no longer running on this host)", n, owner)
+
+    def _flush_for_read(self, what: str) -> None:
+        """A read that depends on what is buffered (or a lease that must not overtake its rows)."""
+        if len(self.buffer):
+            self._flush()
+        if len(self.buffer):
+            raise RuntimeError(f"database unavailable: cannot {what}")
 
     def _conn(self) -> Any:
         assert self.pool is not None
@@ -290,7 +406,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
         started = time.monotonic()
         try:
             with self._conn() as conn:
-                written = write_batch(conn, buf)
+                written = write_batch(conn, buf, self.owner)
         except (psycopg.Error, PoolTimeout) as exc:
             self.failures += 1
             delay = min(30.0, 0.25 * 2 ** min(self.failures, 7))
@@ -318,6 +434,9 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             metrics.POSITIONS_CLOSED.labels(reason).inc(n)
         for lag in written["lags"]:
             metrics.TRADE_LAG.observe(lag)
+        if written["fenced"]:
+            log.warning("%d position rows not written: their wallets are leased by another process",
+                        written["fenced"])
         return True
 
     def _check_give_up(self) -> None:
@@ -329,5 +448,11 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             self.down_since = None
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

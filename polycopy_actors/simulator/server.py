@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,10 @@ DEFAULT_LIMITS: dict[str, int] = {
     "gamma": 4000, "/markets": 300,
 }
 WINDOW_SECONDS = 10.0
+#: How long the CDN in front of the live data API keeps an answer, by route (keyed by exact URL).
+LIVE_CDN_SECONDS: dict[str, float] = {"/v2/trades": 300.0, "/v2/activity": 15.0, "/v2/positions": 5.0}
+#: Gamma ``/markets`` answers hold at most about this many rows, whatever ``limit`` asks.
+GAMMA_MAX_ROWS = 24
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,10 @@ class Faults:
     malformed_item_rate: float = 0.0
     #: Only these wallets' requests are faulty (None: every request).
     wallets: frozenset[str] | None = None
+    #: Only these routes' requests are faulty (None: every route), e.g. ``{"/v2/positions", "/markets"}``.
+    routes: frozenset[str] | None = None
+    #: Rows of these transactions are always served without their ``size`` (a row that never validates).
+    broken_txs: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -61,8 +70,18 @@ class SimConfig:
     #: A CDN in front of ``/v2/trades?user=``: the same URL answers the same body (with ``Age`` and
     #: ``Cache-Control: max-age=300``) for this long, whatever the request headers say. 0 = no cache.
     cdn_cache_seconds: float = 0.0
+    #: The same for any route, by path (``LIVE_CDN_SECONDS`` is what the live API does).
+    cdn_routes: dict[str, float] = field(default_factory=dict)
+    #: A CDN that ignores the query string (caches by route and ``user`` only): every URL is stale.
+    cdn_ignore_query: bool = False
     #: What ``/v2/status`` reports as the serving lag (the API's own view of how late it is).
     status_lag_seconds: float = 1.0
+    #: The positions routes show the positions as they stood this long ago (they lag the trades route).
+    positions_lag_seconds: float = 0.0
+    #: Rows of one gamma ``/markets`` answer at most (the live API cuts answers short).
+    gamma_max_rows: int = GAMMA_MAX_ROWS
+    #: Called with (path, query) before each API request is answered (tests: fills that arrive mid-walk).
+    before_request: Callable[[str, dict[str, str]], None] | None = None
 
 
 class RequestLog:
@@ -236,22 +255,33 @@ class Simulator:
     def set_faults(self, faults: Faults) -> None:
         self.config = replace(self.config, faults=faults)
 
-    def cdn_lookup(self, url: str) -> tuple[float, bytes] | None:
-        """(age, body) of a cached answer for exactly this URL, while it is fresh for the CDN."""
-        if self.config.cdn_cache_seconds <= 0:
+    def cdn_seconds(self, path: str, q: dict[str, str]) -> float:
+        """How long the CDN keeps an answer of this request (0: not cached)."""
+        if path in self.config.cdn_routes:
+            return self.config.cdn_routes[path]
+        return self.config.cdn_cache_seconds if path == "/v2/trades" and "user" in q else 0.0
+
+    def _cdn_key(self, url: str, path: str, q: dict[str, str]) -> str:
+        return f"{path}?user={q.get('user', '')}" if self.config.cdn_ignore_query else url
+
+    def cdn_lookup(self, url: str, path: str, q: dict[str, str]) -> tuple[float, bytes] | None:
+        """(age, body) of a cached answer for this URL, while it is fresh for the CDN."""
+        keep = self.cdn_seconds(path, q)
+        if keep <= 0:
             return None
         with self._cdn_lock:
-            hit = self._cdn.get(url)
-        if hit is None or time.time() - hit[0] > self.config.cdn_cache_seconds:
+            hit = self._cdn.get(self._cdn_key(url, path, q))
+        if hit is None or time.time() - hit[0] > keep:
             return None
         return time.time() - hit[0], hit[1]
 
-    def cdn_store(self, url: str, payload: bytes) -> None:
-        if self.config.cdn_cache_seconds > 0:
+    def cdn_store(self, url: str, path: str, q: dict[str, str], payload: bytes) -> None:
+        keep = self.cdn_seconds(path, q)
+        if keep > 0:
+            key = self._cdn_key(url, path, q)
             with self._cdn_lock:
-                self._cdn.setdefault(url, (time.time(), payload))
-                if time.time() - self._cdn[url][0] > self.config.cdn_cache_seconds:
-                    self._cdn[url] = (time.time(), payload)
+                if key not in self._cdn or time.time() - self._cdn[key][0] > keep:
+                    self._cdn[key] = (time.time(), payload)
 
     def _chance(self, rate: float) -> bool:
         if rate <= 0:
@@ -357,10 +387,22 @@ class Simulator:
         rows = self._activity_rows(wallet, self._types(q), start, end)
         return [self._v1_activity_row(r[2]) for r in rows[offset:offset + limit]]
 
-    def _listed_positions(self, wallet: str, floor: Decimal) -> list[SimPosition]:
-        rows = [p for p in self.world.positions.values()
-                if p.wallet == wallet and not p.market.archived and p.size >= floor and p.size > 0]
-        rows.sort(key=lambda p: (-p.size, p.market.assets[p.outcome_index]))
+    def _listed_positions(self, wallet: str, floor: Decimal, sort_by: str = "CURRENT_VALUE",
+                          ascending: bool = False, include_archived: bool = False) -> list[SimPosition]:
+        lag = self.config.positions_lag_seconds
+        held = self.world.positions_as_of(time.time() - lag) if lag > 0 else list(self.world.positions.values())
+        rows = [p for p in held if p.wallet == wallet and (include_archived or not p.market.archived)
+                and p.size >= floor and p.size > 0]
+        keys = {
+            "CURRENT_VALUE": lambda p: p.size * p.market.price(p.outcome_index),
+            "TOKENS": lambda p: p.size,
+            "PRICE": lambda p: p.market.price(p.outcome_index),
+            "TIMESTAMP": lambda p: Decimal(p.opened_at),
+        }
+        if sort_by not in keys:
+            raise ApiFail(400, f"unknown sort_by {sort_by!r}", parameter="sort_by")
+        key = keys[sort_by]
+        rows.sort(key=lambda p: (key(p) if ascending else -key(p), p.market.assets[p.outcome_index]))
         return rows
 
     def v1_positions(self, q: dict[str, str]) -> list[dict[str, Any]]:
@@ -520,6 +562,8 @@ class Simulator:
         wallet = _wallet_param(q)
         assert wallet is not None
         limit = self._v2_limit(q)
+        _int_param(q, "start", 0, 0, None)  # start/end filter on last_event_at: validated, wide in practice
+        _int_param(q, "end", 0, 0, None)
         status = (q.get("status") or "OPEN").upper()
         cursor = _unb64(q["cursor"]) if q.get("cursor") else None
         start_index = 0
@@ -531,7 +575,21 @@ class Simulator:
             return {"data": closed or None,
                     "pagination": {"limit": limit, "offset": 0, "has_more": has_more, "next_cursor": next_cursor}}
         # OPEN (the default) is the superset: a resolved, unredeemed position still holds its tokens.
-        rows = self._listed_positions(wallet, Decimal("0.1"))
+        # Positions under 0.1 share are hidden unless filter_amount says otherwise (TOKENS filter).
+        filter_type = (q.get("filter_type") or q.get("filterType") or "TOKENS").upper()
+        raw_amount = q.get("filter_amount") or q.get("filterAmount")
+        try:
+            amount = Decimal(raw_amount) if raw_amount is not None else Decimal("0.1")
+        except ArithmeticError:
+            raise ApiFail(400, "'filter_amount' must be a number", parameter="filter_amount") from None
+        if filter_type not in ("TOKENS", "CASH"):
+            raise ApiFail(400, "'filter_type' must be CASH or TOKENS", parameter="filter_type")
+        direction = (q.get("sort_direction") or "DESC").upper()
+        if direction not in ("ASC", "DESC"):
+            raise ApiFail(400, "'sort_direction' must be ASC or DESC", parameter="sort_direction")
+        rows = self._listed_positions(wallet, amount if filter_type == "TOKENS" else Decimal(0),
+                                      (q.get("sort_by") or "CURRENT_VALUE").upper(), direction == "ASC",
+                                      _bool_param(q, "include_archived", False))
         if status == "REDEEMABLE":
             rows = [p for p in rows if p.market.winner is not None and p.market.winner == p.outcome_index]
         elif status == "REDEEMABLE_LOST":
@@ -554,7 +612,8 @@ class Simulator:
                 "status": status_row, "current_size": _f(p.size), "avg_price": _f(p.avg_price),
                 "entry_cost_usdc": _f(p.size * p.avg_price), "current_value": _f(p.size * cur),
                 "realized_pnl": 0.0, "unrealized_pnl": _f(p.size * (cur - p.avg_price)),
-                "redeemable": m.winner is not None, "mergeable": False, "last_event_at": p.last_event_at,
+                "total_size": _f(p.total_bought), "redeemable": m.winner is not None, "mergeable": False,
+                "last_event_at": p.last_event_at, "first_entry_at": p.opened_at,
             })
         next_cursor = _b64({"i": start_index + limit, "l": limit}) if has_more else None
         return {"data": data or None,
@@ -573,7 +632,7 @@ class Simulator:
             rows = [m for m in rows if m.condition_id in ids]
         closed = _bool_param(q, "closed", False)  # absent behaves as closed=false (hides resolved markets)
         rows = [m for m in rows if m.closed == closed]
-        return [self._gamma_row(m) for m in rows[offset:offset + limit]]
+        return [self._gamma_row(m) for m in rows[offset:offset + min(limit, self.config.gamma_max_rows)]]
 
     @staticmethod
     def _gamma_row(m: SimMarket) -> dict[str, Any]:
@@ -596,11 +655,16 @@ class Simulator:
         return ["data", path]
 
     def _corrupt(self, body: Any) -> Any:
-        """Malformed items: each row may lose a field or get a wrong type."""
+        """Malformed items: each row may lose a field or get a wrong type; rows of ``broken_txs`` always do."""
         rows = body.get("data") if isinstance(body, dict) else body
         if not isinstance(rows, list):
             return body
+        broken = self.config.faults.broken_txs
         for row in rows:
+            tx = (row.get("transaction_hash") or row.get("transactionHash")) if isinstance(row, dict) else None
+            if broken and tx in broken:
+                row.pop("size", None)
+                continue
             if isinstance(row, dict) and self._chance(self.config.faults.malformed_item_rate):
                 key = self._rng.choice(sorted(row))
                 if self._rng.random() < 0.5:
@@ -624,8 +688,11 @@ class Simulator:
                 if not path.startswith("/_sim/"):
                     wallet = (q.get("user") or "").lower() or None
                     sim.log.add(path, wallet)
+                    if sim.config.before_request is not None:
+                        sim.config.before_request(path, q)
                     faults = sim.config.faults
-                    applies = faults.wallets is None or wallet in faults.wallets
+                    applies = ((faults.wallets is None or wallet in faults.wallets)
+                               and (faults.routes is None or path in faults.routes))
                     retry_after = sim.limiter.admit(sim._limit_keys(path), sim.config.limits,
                                                     sim.config.max_delay_seconds)
                     if retry_after is not None:
@@ -647,11 +714,11 @@ class Simulator:
                     if applies and sim._chance(faults.malformed_json_rate):
                         self._send(200, "application/json", b'{"data": [{"proxy_wallet": "0x', {})
                         return
-                cached = sim.cdn_lookup(self.path) if path == "/v2/trades" and "user" in q else None
+                cached = sim.cdn_lookup(self.path, path, q)
                 if cached is not None:
                     age, payload = cached
                     self._send(200, "application/json", payload,
-                               {"Age": str(int(age)), "Cache-Control": "max-age=300"})
+                               {"Age": str(int(age)), "Cache-Control": f"max-age={sim.cdn_seconds(path, q):.0f}"})
                     return
                 try:
                     status, body, headers = sim.route(path, q, multi)
@@ -661,11 +728,11 @@ class Simulator:
                 except (ValueError, KeyError) as exc:
                     self._error(v2, 400, f"bad request: {exc}", "invalid_request")
                     return
-                if not path.startswith("/_sim/") and (faults.wallets is None or wallet in faults.wallets):
+                if not path.startswith("/_sim/") and applies:
                     body = sim._corrupt(body)
                 payload = json.dumps(body).encode()
-                if path == "/v2/trades" and "user" in q and status == 200:
-                    sim.cdn_store(self.path, payload)
+                if status == 200 and not path.startswith("/_sim/"):
+                    sim.cdn_store(self.path, path, q, payload)
                 self._send(status, "application/json", payload, headers)
 
             def do_POST(self) -> None:  # noqa: N802
@@ -673,7 +740,10 @@ class Simulator:
                 payload = json.loads(self.rfile.read(length) or b"{}")
                 if self.path == "/_sim/faults":
                     wallets = payload.pop("wallets", None)
-                    sim.set_faults(Faults(**payload, wallets=frozenset(wallets) if wallets else None))
+                    routes = payload.pop("routes", None)
+                    broken = payload.pop("broken_txs", ())
+                    sim.set_faults(Faults(**payload, wallets=frozenset(wallets) if wallets else None,
+                                          routes=frozenset(routes) if routes else None, broken_txs=frozenset(broken)))
                     self._send(200, "application/json", b'{"ok": true}', {})
                 else:
                     self._error(False, 404, "not found", "not_found")

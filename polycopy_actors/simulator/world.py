@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -98,12 +98,6 @@ class ExpectedClose:
     outcome_index: int = 0
 
 
-@dataclass
-class WorldStats:
-    requests: dict[str, int] = field(default_factory=dict)
-    request_times: list[tuple[float, str]] = field(default_factory=list)
-
-
 class World:
     """See the module docstring."""
 
@@ -116,6 +110,8 @@ class World:
         self.activity: list[SimActivity] = []
         self.positions: dict[tuple[str, str], SimPosition] = {}
         self.closes: list[ExpectedClose] = []
+        #: (wall time, key, the position after the change or None): what a lagging positions route shows.
+        self.position_log: list[tuple[float, tuple[str, str], SimPosition | None]] = []
         self.wallets: list[str] = [_hex(self.rng, 40) for _ in range(wallets)]
         for _ in range(markets):
             self.add_market()
@@ -125,6 +121,20 @@ class World:
     def _next_seq(self) -> int:
         self.seq += 1
         return self.seq
+
+    def _logged(self, key: tuple[str, str]) -> None:
+        pos = self.positions.get(key)
+        self.position_log.append((time.time(), key, replace(pos) if pos is not None else None))
+
+    def positions_as_of(self, when: float) -> list[SimPosition]:
+        """The positions as they stood at wall time ``when`` (a positions route that runs late)."""
+        with self.lock:
+            state: dict[tuple[str, str], SimPosition | None] = {}
+            for t, key, pos in self.position_log:
+                if t > when:
+                    break
+                state[key] = pos
+            return [p for p in state.values() if p is not None]
 
     def _close(self, close: ExpectedClose, pos: SimPosition | None = None) -> None:
         close.seq = self._next_seq()
@@ -194,6 +204,7 @@ class World:
                     del self.positions[key]
                     self._close(ExpectedClose(wallet, key[1], market.condition_id, "manual_close",
                                                      pos.opened_at, ts), pos)
+            self._logged(key)
             return fill
 
     def multi_fill(self, wallet: str, fills: list[tuple[SimMarket, int, str, Any, Any]], ts: int | None = None,
@@ -211,13 +222,13 @@ class World:
             market.winner = winner
             market.closed_time = self._now(ts)
 
-    def redeem(self, wallet: str, market: SimMarket, ts: int | None = None) -> list[str]:
+    def redeem(self, wallet: str, market: SimMarket, ts: int | None = None, tx: str | None = None) -> list[str]:
         """REDEEM of a resolved market: the wallet's positions in it disappear."""
         with self.lock:
             if market.winner is None:
                 raise ValueError("market not resolved")
             ts = self._now(ts)
-            tx = _hex(self.rng, 64)
+            tx = tx or _hex(self.rng, 64)
             gone = []
             payout = Decimal(0)
             for index in (0, 1):
@@ -228,8 +239,19 @@ class World:
                 gone.append(key[1])
                 payout += pos.size if index == market.winner else Decimal(0)
                 self._close(ExpectedClose(wallet, key[1], market.condition_id, "redeemed", pos.opened_at, ts), pos)
+                self._logged(key)
             self.activity.append(SimActivity(self._next_seq(), wallet, "REDEEM", market, ts, tx, payout))
             return gone
+
+    def auto_redeem(self, market: SimMarket, ts: int | None = None) -> list[str]:
+        """Automatic redemption ("Get Paid Instantly"): every holder of a resolved market redeemed in one
+        transaction, one REDEEM row each (size 0 for a losing side). Returns the wallets redeemed."""
+        with self.lock:
+            tx = _hex(self.rng, 64)
+            holders = sorted({p.wallet for p in self.positions.values() if p.market is market})
+            for wallet in holders:
+                self.redeem(wallet, market, ts, tx)
+            return holders
 
     def merge(self, wallet: str, market: SimMarket, ts: int | None = None) -> list[str]:
         """The wallet's positions in an open market disappear without a trade (MERGE)."""
@@ -244,6 +266,7 @@ class World:
                     self._close(ExpectedClose(wallet, key[1], market.condition_id,
                                                      "market_closed" if market.closed else "manual_close",
                                                      pos.opened_at, ts), pos)
+                    self._logged(key)
             self.activity.append(SimActivity(self._next_seq(), wallet, "MERGE", market, ts, _hex(self.rng, 64),
                                              Decimal(0)))
             return gone
@@ -259,6 +282,7 @@ class World:
                 pos = self.positions.pop(key)
                 self._close(ExpectedClose(key[0], key[1], market.condition_id, "market_closed",
                                                  pos.opened_at, ts), pos)
+                self._logged(key)
 
     def backlog(self, wallet: str, count: int, end_ts: int | None = None, per_second: int = 3) -> None:
         """``count`` past fills of one wallet (several per second), ending at ``end_ts``."""
