@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 
-from polycopy_actors.migrate import migrate
+from polycopy_actors.db.migrate import migrate
 
 SERVER = os.environ.get("POLYCOPY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -24,12 +24,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import scratch_database  # noqa: E402
-from polycopy_actors import store  # noqa: E402
+from polycopy_actors.app.run import _in_process  # noqa: E402
+from polycopy_actors.app.sweep import SweepLoop  # noqa: E402
 from polycopy_actors.config import load_settings  # noqa: E402
-from polycopy_actors.metrics import HealthState  # noqa: E402
-from polycopy_actors.service import _in_process  # noqa: E402
+from polycopy_actors.db import queries  # noqa: E402
+from polycopy_actors.observe import HealthState  # noqa: E402
 from polycopy_actors.simulator import SimConfig, Simulator, World  # noqa: E402
-from polycopy_actors.sweep import SweepLoop  # noqa: E402
 
 
 def sweep_throughput(n: int) -> dict[str, float]:
@@ -44,7 +44,7 @@ def sweep_throughput(n: int) -> dict[str, float]:
     })
     with scratch_database() as dsn:
         with psycopg.connect(dsn) as conn:
-            store.add_traders(conn, world.wallets)
+            queries.add_traders(conn, world.wallets)
         health = HealthState(60, 1000)
         loop = SweepLoop(settings, "cold", dsn, _in_process(settings, "cold", dsn, health), once=True)
         started = time.monotonic()

@@ -19,10 +19,10 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import percentile, scratch_database  # noqa: E402
-from polycopy_actors import store  # noqa: E402
+from polycopy_actors.actors.tree import ActorSystem  # noqa: E402
 from polycopy_actors.config import load_settings  # noqa: E402
+from polycopy_actors.db import queries  # noqa: E402
 from polycopy_actors.simulator import SimConfig, Simulator, World  # noqa: E402
-from polycopy_actors.system import ActorSystem  # noqa: E402
 
 
 def measure(n: int, seconds: float, events_per_second: float) -> dict[str, float]:
@@ -37,7 +37,7 @@ def measure(n: int, seconds: float, events_per_second: float) -> dict[str, float
     born: dict[tuple[str, str, str], float] = {}
     with scratch_database() as dsn:
         with psycopg.connect(dsn) as conn:
-            store.follow(conn, world.wallets, "bench")
+            queries.follow(conn, world.wallets, "bench")
         system = ActorSystem(settings, "hot", dsn)
         stop = threading.Event()
         runner = threading.Thread(target=system.run, args=(stop,), daemon=True)

@@ -22,8 +22,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import scratch_database  # noqa: E402
 from polycopy_actors.actors.messages import PollResult  # noqa: E402
-from polycopy_actors.actors.writer import WriteBuffer, write_batch  # noqa: E402
-from polycopy_actors.models import Trade  # noqa: E402
+from polycopy_actors.api.models import Trade  # noqa: E402
+from polycopy_actors.db.writes import WriteBuffer, write_batch  # noqa: E402
 
 COLUMNS = ("trade_id, wallet, condition_id, asset, side, size, price, outcome, outcome_index, title, slug, "
            "transaction_hash, traded_at")

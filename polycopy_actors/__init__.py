@@ -1,7 +1,7 @@
 """polycopy_actors: keeps PostgreSQL current with what Polymarket traders do.
 
 Public entry points are the command line (``python -m polycopy_actors``) and
-:func:`polycopy_actors.service.run_tier_command` for running a tier from Python.
+:func:`polycopy_actors.app.run.run_tier_command` for running a tier from Python.
 """
 
 from pathlib import Path

@@ -1,8 +1,8 @@
-"""``python -m polycopy_actors``: see :mod:`polycopy_actors.cli`."""
+"""``python -m polycopy_actors``: see :mod:`polycopy_actors.app.cli`."""
 
 import sys
 
-from polycopy_actors.cli import main
+from polycopy_actors.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,8 +20,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from psycopg import conninfo
 
-from polycopy_actors.config import Settings, load_settings
-from polycopy_actors.migrate import migrate
+from polycopy_actors.db.migrate import migrate
 from polycopy_actors.simulator import SimConfig, Simulator, World
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -42,7 +41,7 @@ def pg_server() -> Iterator[str]:
     if _reachable(dsn):
         yield dsn
         return
-    import pgserver
+    import pgserver  # noqa: PLC0415 - optional: only when no server answers
 
     tmp = tempfile.mkdtemp(prefix="polycopy-test-pg-")
     server = pgserver.get_server(os.path.join(tmp, "pgdata"), cleanup_mode="stop")
@@ -101,37 +100,6 @@ def simulator() -> Iterator[Simulator]:
         yield sim
     finally:
         sim.stop()
-
-
-def test_settings(sim: Simulator | None = None, env: str = "development", **overrides: Any) -> Settings:
-    """Settings for tests: an environment's settings (development unless told), pointed at the
-    simulator, fast timings."""
-    base: dict[str, Any] = {
-        "metrics": {"port": 0},
-        "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
-                "backoff_max_seconds": 0.5, "max_retries": 3},
-        "writer": {"flush_interval_seconds": 0.1},
-        "supervision": {"liveness_interval_seconds": 0.2},
-        "logging": {"summary_interval_seconds": 0},
-        "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
-        "tiers": {"hot": {"refresh_interval_seconds": 0.5, "poll_interval_seconds": {"min": 0.2, "max": 0.4},
-                          "wallet_cooldown_seconds": 0.2, "rate_limit": {"requests_per_second": 50, "burst": 20}}},
-    }
-    if sim is not None:
-        base["api"].update(data_api_url=sim.base_url, gamma_api_url=sim.base_url)
-    _deep(base, overrides)
-    return load_settings(env=env, environ={}, overrides=base)
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
-
-
-def _deep(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep(base[key], value)
-        else:
-            base[key] = value
 
 
 # CI replays the same examples every run (a failure is reproducible); explore with

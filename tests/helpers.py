@@ -3,12 +3,16 @@ and the comparison of the database with the simulator's ground truth."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
@@ -17,10 +21,46 @@ from typing import Any
 
 import psycopg
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from polycopy_actors import store
+from polycopy_actors.actors.tree import ActorSystem
+from polycopy_actors.config import Settings, load_settings
+from polycopy_actors.db import queries
 from polycopy_actors.simulator import SimConfig, Simulator, World
-from polycopy_actors.system import ActorSystem
+
+
+def fast_timings() -> dict[str, Any]:
+    """The fast timings every test run uses (a fresh dict: callers may change it)."""
+    return {
+        "metrics": {"port": 0},
+        "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
+                "backoff_max_seconds": 0.5, "max_retries": 3},
+        "writer": {"flush_interval_seconds": 0.1},
+        "supervision": {"liveness_interval_seconds": 0.2},
+        "logging": {"summary_interval_seconds": 0},
+        "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
+        "tiers": {"hot": {"refresh_interval_seconds": 0.5, "poll_interval_seconds": {"min": 0.2, "max": 0.4},
+                          "wallet_cooldown_seconds": 0.2, "rate_limit": {"requests_per_second": 50, "burst": 20}}},
+    }
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` laid over ``base`` key by key (in place); returns ``base``."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def fast_settings(sim: Simulator | None = None, env: str = "development", **overrides: Any) -> Settings:
+    """Settings for tests: an environment's settings (development unless told), pointed at the
+    simulator, fast timings, then ``overrides``."""
+    base = fast_timings()
+    if sim is not None:
+        base["api"].update(data_api_url=sim.base_url, gamma_api_url=sim.base_url)
+    return load_settings(env=env, environ={}, overrides=deep_merge(base, overrides))
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] | None = None) -> Any:
@@ -64,7 +104,7 @@ class Running:
 
 def follow(dsn: str, wallets: list[str]) -> None:
     with psycopg.connect(dsn) as conn:
-        store.follow(conn, wallets, "test")
+        queries.follow(conn, wallets, "test")
 
 
 def db_trades(dsn: str, wallets: list[str] | None = None) -> Counter:
@@ -216,8 +256,6 @@ class Proc:
 
 def free_port() -> int:
     """A port free on 127.0.0.1 right now (for a child's metrics server)."""
-    import socket  # noqa: PLC0415
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -225,10 +263,6 @@ def free_port() -> int:
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """``/metrics`` over HTTP, parsed by prometheus_client's parser: {(sample, labels): value}."""
-    import urllib.request  # noqa: PLC0415
-
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
         text = resp.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -236,10 +270,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def healthz(port: int) -> tuple[int, dict[str, Any]]:
-    import json  # noqa: PLC0415
-    import urllib.error  # noqa: PLC0415
-    import urllib.request  # noqa: PLC0415
-
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:  # noqa: S310
             return resp.status, json.loads(resp.read())

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polycopy_actors.actors.messages import PollResult
-from polycopy_actors.actors.writer import WriteBuffer, write_batch
+from polycopy_actors.api.models import MalformedItem, assign_trade_ids, parse_activity, parse_fill, parse_position
+from polycopy_actors.api.wallets import InvalidWallet, normalize_wallet
 from polycopy_actors.config import ConfigError, load_settings
-from polycopy_actors.models import MalformedItem, assign_trade_ids, parse_activity, parse_fill, parse_position
-from polycopy_actors.wallets import InvalidWallet, normalize_wallet
+from polycopy_actors.db.writes import WriteBuffer, write_batch
 
 WALLET = re.compile(r"0x[0-9a-f]{40}")
 HEX64 = re.compile(r"0x[0-9a-f]{64}")

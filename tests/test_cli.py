@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import sys
 import psycopg
 import pytest
 
-from polycopy_actors import store
+from polycopy_actors.db import queries
+from tests.helpers import Proc, cli_env, write_config
 
 W1 = "0x" + "1a" * 20
 W2 = "0x" + "2B" * 20
@@ -65,8 +67,6 @@ def test_traders_and_status(db):
     assert run("follow", W2, dsn=db).returncode == 0
     proc = run("status", "--json", dsn=db)
     assert proc.returncode == 0, proc.stderr
-    import json
-
     data = json.loads(proc.stdout)
     assert data["tiers"]["hot"]["wallets"] == 1 and data["tiers"]["cold"]["wallets"] == 1
     assert run("traders", "deactivate", W1, dsn=db).returncode == 0
@@ -77,13 +77,10 @@ def test_traders_and_status(db):
 
 @pytest.mark.timeout(60)
 def test_json_logs_are_one_object_per_line(db, simulator, tmp_path):
-    import json
-
-    from tests.helpers import Proc, cli_env, write_config
 
     cfg = write_config(tmp_path / "j.yaml", {"metrics": {"port": 0}, "tiers": {"cold": {"jitter_seconds": 0}}})
     with psycopg.connect(db) as conn:
-        store.add_traders(conn, simulator.world.wallets[:2])
+        queries.add_traders(conn, simulator.world.wallets[:2])
     proc = Proc(["--tier", "cold", "--once", "--log-format", "json", "--config", str(cfg)], cli_env(db, simulator))
     assert proc.wait(40) == 0, proc.log
     records = [json.loads(line) for line in proc.lines if line.strip()]

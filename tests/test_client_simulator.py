@@ -35,16 +35,15 @@ from decimal import Decimal
 import pytest
 import requests
 
-from polycopy_actors import metrics
-from polycopy_actors.client import ApiError, PolymarketClient
+from polycopy_actors.api.client import ApiError, PolymarketClient
+from polycopy_actors.observe import metrics
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
 from polycopy_actors.simulator.server import LIVE_CDN_SECONDS
-from tests.conftest import test_settings
-from tests.helpers import started_world
+from tests.helpers import fast_settings, started_world
 
 
 def _client(sim: Simulator, version: str = "v2", **api) -> PolymarketClient:
-    s = test_settings(sim, api={"data_api_version": version, **api})
+    s = fast_settings(sim, api={"data_api_version": version, **api})
     return PolymarketClient(s.api)
 
 
@@ -153,7 +152,7 @@ def test_429_is_honoured_without_a_request_storm():
     sim = Simulator(world, SimConfig(limits={"data": 10_000, "/v2/trades": 4}, max_delay_seconds=0.05)).start()
     throttled: list[float] = []
     try:
-        client = PolymarketClient(test_settings(sim, api={"max_retries": 6}).api, on_rate_limited=throttled.append)
+        client = PolymarketClient(fast_settings(sim, api={"max_retries": 6}).api, on_rate_limited=throttled.append)
         for _ in range(8):
             client.trades_since(world.wallets[0], None)
         stats = sim.log.snapshot()

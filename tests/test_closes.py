@@ -19,17 +19,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from polycopy_actors import store
-from polycopy_actors.client import PolymarketClient
+from polycopy_actors.api.client import PolymarketClient
+from polycopy_actors.db import queries
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
 from polycopy_actors.simulator.server import LIVE_CDN_SECONDS
-from tests.conftest import test_settings
 from tests.helpers import (
     Proc,
     cli_env,
     db_closes,
     db_positions,
     db_trades,
+    deep_merge,
+    fast_settings,
+    fast_timings,
     follow,
     free_port,
     healthz,
@@ -41,25 +43,16 @@ from tests.helpers import (
     write_config,
 )
 
-#: --env production keeps its 10 s grace period and 120 s evidence margin; polling is made fast.
-FAST: dict[str, Any] = {
-    "metrics": {"port": 0}, "logging": {"summary_interval_seconds": 0},
-    "writer": {"flush_interval_seconds": 0.1},
-    "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
-            "backoff_max_seconds": 0.5},
-    "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
-    "supervision": {"liveness_interval_seconds": 0.2},
-    "tiers": {
-        "hot": {"poll_interval_seconds": {"min": 0.3, "max": 0.6}, "wallet_cooldown_seconds": 0.3,
-                "refresh_interval_seconds": 0.5, "rate_limit": {"requests_per_second": 40, "burst": 20}},
-        "cold": {"rate_limit": {"requests_per_second": 40, "burst": 10}, "wallet_cooldown_seconds": 0.1,
-                 "jitter_seconds": 0, "lock_ttl_seconds": 20, "refresh_interval_seconds": 0.5},
-    },
-}
-
 
 def prod_config(tmp_path: Path, name: str = "prod.yaml", **extra: Any) -> Path:
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in FAST.items()}
+    """An overlay of ``--env production``: it keeps its 10 s grace period and 120 s evidence margin;
+    polling is made fast (the test timings, a little slower hot polls, a fast cold tier)."""
+    data = deep_merge(fast_timings(), {"tiers": {
+        "hot": {"poll_interval_seconds": {"min": 0.3, "max": 0.6}, "wallet_cooldown_seconds": 0.3,
+                "rate_limit": {"requests_per_second": 40}},
+        "cold": {"rate_limit": {"requests_per_second": 40, "burst": 10}, "wallet_cooldown_seconds": 0.1,
+                 "jitter_seconds": 0, "lock_ttl_seconds": 20, "refresh_interval_seconds": 0.5},
+    }})
     data.update(extra)
     return write_config(tmp_path / name, data)
 
@@ -117,7 +110,7 @@ def test_production_hot_tier_and_two_cold_sweeps_end_at_the_ground_truth_reason_
         world.trade(w, world.markets[next(iter(world.markets))], 0, "BUY", 3)  # stays open and held
     follow(db, hot_w)
     with psycopg.connect(db) as conn:
-        store.add_traders(conn, cold_w)
+        queries.add_traders(conn, cold_w)
     cfg = prod_config(tmp_path)
     cold_env = cli_env(db, sim)
     try:
@@ -346,7 +339,7 @@ def test_v1_reads_give_one_id_per_fill_while_fills_arrive_mid_read():
 
     sim = Simulator(world, SimConfig(seed=89, before_request=arrive)).start()
     try:
-        client = PolymarketClient(test_settings(sim, api={"data_api_version": "v1", "page_size": 500}).api)
+        client = PolymarketClient(fast_settings(sim, api={"data_api_version": "v1", "page_size": 500}).api)
         read = client.trades_since(wallet, None)
         keys = Counter((t.transaction_hash, t.asset, t.side, t.size, t.timestamp) for t in read.items)
         assert max(keys.values()) == 1 and len({t.trade_id for t in read.items}) == len(read.items)

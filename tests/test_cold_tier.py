@@ -11,9 +11,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from polycopy_actors import store
+from polycopy_actors.db import queries
 from polycopy_actors.simulator import World
-from tests.helpers import Proc, cli_env, db_trades, started_world, truth_trades, wait_for, write_config
+from tests.helpers import (
+    Proc,
+    cli_env,
+    db_trades,
+    fast_timings,
+    started_world,
+    truth_trades,
+    wait_for,
+    write_config,
+)
 
 #: A progress line of a sweep of the 9 cold wallets that is under way (not its final line).
 UNDER_WAY = r"cold sweep [4-8]/9 wallets"
@@ -25,13 +34,9 @@ def cold_config(tmp_path: Path, name: str = "cold.yaml", rps: float = 40, extra:
             "sweep_interval_seconds": 2, "jitter_seconds": 0, "lock_ttl_seconds": 3,
             "refresh_interval_seconds": 0.5, "progress_every_wallets": 4}
     tier.update(cold)
-    return write_config(tmp_path / name, {
-        "metrics": {"port": 0}, "logging": {"summary_interval_seconds": 0},
-        "api": {"timeout_seconds": 2, "connect_timeout_seconds": 2, "backoff_base_seconds": 0.05,
-                "backoff_max_seconds": 0.5},
-        "writer": {"flush_interval_seconds": 0.1}, "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
-        "supervision": {"liveness_interval_seconds": 0.2}, "tiers": {"cold": tier}, **(extra or {}),
-    })
+    data = fast_timings()
+    data["tiers"] = {"cold": tier}
+    return write_config(tmp_path / name, {**data, **(extra or {})})
 
 
 @pytest.fixture()
@@ -40,9 +45,9 @@ def cold_world(db: str) -> Any:
     world, sim = started_world(5, 6, 12, 40)
     wallets = world.wallets
     with psycopg.connect(db) as conn:
-        store.add_traders(conn, wallets[:11])
-        store.follow(conn, [wallets[9]], "test")
-        store.deactivate_traders(conn, [wallets[10]])
+        queries.add_traders(conn, wallets[:11])
+        queries.follow(conn, [wallets[9]], "test")
+        queries.deactivate_traders(conn, [wallets[10]])
     yield world, sim, wallets[:9], wallets[9:]
     sim.stop()
 
@@ -90,7 +95,7 @@ def test_two_once_runs_started_together_sweep_once(db, cold_world, tmp_path):
     assert set(polled(db)) == set(cold)  # followed, inactive and unknown wallets never swept
     assert swept[0].search(rf"cold sweep [4-{len(cold)}]/{len(cold)} wallets, [\d.]+ req/s, ETA ")
     with psycopg.connect(db) as conn:
-        assert store.lock_holder(conn, "cold_sweep") is None  # released at the end
+        assert queries.lock_holder(conn, "cold_sweep") is None  # released at the end
 
 
 @pytest.mark.timeout(90)
@@ -129,7 +134,7 @@ def test_lock_of_a_killed_holder_is_taken_over_after_its_ttl(db, cold_world, tmp
     early = Proc(["--tier", "cold", "--once", "--config", str(cfg)], env)
     assert early.wait(30) == 0 and early.has("cold sweep lock held by"), early.log
     with psycopg.connect(db) as conn:
-        wait_for(lambda: store.lock_holder(conn, "cold_sweep") is None, 10, "the dead holder's lock to expire")
+        wait_for(lambda: queries.lock_holder(conn, "cold_sweep") is None, 10, "the dead holder's lock to expire")
     taker = Proc(["--tier", "cold", "--once", "--config", str(cfg)], env)
     assert taker.wait(60) == 0, taker.log
     assert taker.has("cold sweep completed")
@@ -147,7 +152,7 @@ def test_continuous_sweeps_follow_the_schedule_and_drop_followed_wallets(db, col
     try:
         wait_for(lambda: len([r for r in sweeps(db) if r[3] == "completed"]) >= 1, 30, "a first sweep")
         with psycopg.connect(db) as conn:
-            store.follow(conn, [cold[0]], "test")  # it leaves the cold tier
+            queries.follow(conn, [cold[0]], "test")  # it leaves the cold tier
         followed_at = polled(db)[cold[0]]
         wait_for(lambda: len([r for r in sweeps(db) if r[3] == "completed"]) >= 3, 40, "two more sweeps")
         assert run.has("next cold sweep in")
@@ -162,7 +167,7 @@ def test_continuous_sweeps_follow_the_schedule_and_drop_followed_wallets(db, col
     assert polled(db)[cold[0]] == followed_at  # followed: never swept again
     assert all(polled(db)[w] >= done[-1][1] for w in cold[1:])
     with psycopg.connect(db) as conn:
-        assert store.lock_holder(conn, "cold_sweep") is None  # released on SIGTERM
+        assert queries.lock_holder(conn, "cold_sweep") is None  # released on SIGTERM
     assert_exactly_once(db, world, cold)
 
 
@@ -172,9 +177,9 @@ def test_discovery_adds_traders_seen_in_followed_markets(db, tmp_path):
     try:
         followed = world.wallets[0]
         with psycopg.connect(db) as conn:
-            store.follow(conn, [followed], "test")
-            store.add_traders(conn, [world.wallets[1]])
-            store.deactivate_traders(conn, [world.wallets[1]])
+            queries.follow(conn, [followed], "test")
+            queries.add_traders(conn, [world.wallets[1]])
+            queries.deactivate_traders(conn, [world.wallets[1]])
         hot = Proc(["--tier", "hot", "--once", "--config", str(cold_config(tmp_path))], cli_env(db, sim))
         assert hot.wait(60) == 0, hot.log
         cfg = cold_config(tmp_path, "disc.yaml", extra={"discovery": {"enabled": True}})
@@ -207,7 +212,7 @@ def test_racing_once_runs_with_a_killed_holder_never_overlap(db, cold_world, tmp
     assert [r.wait(30) for r in others] == [0] * 4, "\n".join(r.log for r in others)
     assert not any(r.has("cold sweep completed") for r in others)
     with psycopg.connect(db) as conn:
-        wait_for(lambda: store.lock_holder(conn, "cold_sweep") is None, 10, "the dead holder's lock to expire")
+        wait_for(lambda: queries.lock_holder(conn, "cold_sweep") is None, 10, "the dead holder's lock to expire")
     # Round 2: five at once again; exactly one sweeps, past its TTL, to the end.
     runs = [Proc(["--tier", "cold", "--once", "--config", str(cfg)], env) for _ in range(5)]
     assert [r.wait(60) for r in runs] == [0] * 5, "\n".join(r.log for r in runs)

@@ -14,17 +14,18 @@ import psycopg
 import pykka
 import pytest
 
-from polycopy_actors import metrics, store
 from polycopy_actors.actors.messages import Crash
 from polycopy_actors.actors.poller import WalletPollerActor
 from polycopy_actors.actors.writer import DbWriterActor
+from polycopy_actors.db import queries
+from polycopy_actors.observe import metrics
 from polycopy_actors.simulator import Simulator, World
-from tests.conftest import test_settings
 from tests.helpers import (
     Running,
     converged,
     db_closes,
     db_trades,
+    fast_settings,
     follow,
     report,
     started_world,
@@ -57,7 +58,7 @@ def test_followed_wallets_land_with_positions_and_every_close_reason(db, world_s
     followed = world.wallets[:3]
     follow(db, followed)
     track_from_now(world)
-    s = test_settings(sim)
+    s = fast_settings(sim)
     with Running(s, db) as run:
         wait_for(lambda: converged(db, world, followed), 30, "the initial state")
         m_sell, m_redeem, m_archive, m_merge = _script_every_close_reason(world, followed[0])
@@ -73,7 +74,7 @@ def test_followed_wallets_land_with_positions_and_every_close_reason(db, world_s
         assert {"manual_close", "redeemed", "market_closed"} <= reasons
         # Unfollowed and never-followed wallets are not polled.
         with psycopg.connect(db) as conn:
-            store.unfollow(conn, [followed[2]], None)
+            queries.unfollow(conn, [followed[2]], None)
         time.sleep(0)  # (no wait needed: the next refresh drops it)
         wait_for(lambda: followed[2] not in sum((pykka.ActorRegistry.get_by_class(WalletPollerActor)[i].ask("wallets")
                                                 for i in range(2)), []), 10, "the unfollowed wallet to be dropped")
@@ -89,12 +90,12 @@ def test_v1_and_v2_runs_write_the_same_rows(db, world_sim):
     world, sim = world_sim
     followed = world.wallets[:2]
     follow(db, followed)
-    with Running(test_settings(sim, api={"data_api_version": "v1"}), db, once=True) as run:
+    with Running(fast_settings(sim, api={"data_api_version": "v1"}), db, once=True) as run:
         run.thread.join(timeout=60)
     assert run.code == 0
     with psycopg.connect(db) as conn:
         ids_v1 = {r[0] for r in conn.execute("SELECT trade_id FROM trades_public")}
-    with Running(test_settings(sim, api={"data_api_version": "v2", "overlap_seconds": 10**8}), db, once=True) as run:
+    with Running(fast_settings(sim, api={"data_api_version": "v2", "overlap_seconds": 10**8}), db, once=True) as run:
         run.thread.join(timeout=60)
     assert run.code == 0
     with psycopg.connect(db) as conn:
@@ -118,7 +119,7 @@ def test_crashed_poller_and_writer_are_restarted_and_nothing_is_lost(db, world_s
     track_from_now(world)
     sim.drive(0.05)
     writer_before, poller_before = _restarts("writer"), _restarts("poller")
-    with Running(test_settings(sim, writer={"flush_interval_seconds": 0.5}), db) as run:
+    with Running(fast_settings(sim, writer={"flush_interval_seconds": 0.5}), db) as run:
         wait_for(lambda: db_trades(db), 20, "first trades")
         old_writer = pykka.ActorRegistry.get_by_class(DbWriterActor)[0]
         old_writer.tell(Crash("injected writer crash"))
@@ -138,7 +139,7 @@ def test_crashed_poller_and_writer_are_restarted_and_nothing_is_lost(db, world_s
 def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim, caplog):
     world, sim = world_sim
     follow(db, world.wallets[:1])
-    s = test_settings(sim, supervision={"max_restarts": 2, "period_seconds": 60})
+    s = fast_settings(sim, supervision={"max_restarts": 2, "period_seconds": 60})
     run = Running(s, db).__enter__()
     for i in range(3):
         current = wait_for(lambda: [w for w in pykka.ActorRegistry.get_by_class(DbWriterActor) if w.is_alive()],
@@ -159,7 +160,7 @@ def test_crash_loop_beyond_restart_intensity_exits_4(db, world_sim, caplog):
 def test_rate_budget_measured_at_the_simulator(db, world_sim):
     world, sim = world_sim
     follow(db, world.wallets[:6])
-    s = test_settings(sim, tiers={"hot": {"rate_limit": {"requests_per_second": 8, "burst": 8},
+    s = fast_settings(sim, tiers={"hot": {"rate_limit": {"requests_per_second": 8, "burst": 8},
                                           "poll_interval_seconds": {"min": 0.05, "max": 0.1},
                                           "wallet_cooldown_seconds": 0.05}})
     start = time.time()
@@ -218,7 +219,7 @@ def test_hot_wallets_are_polled_every_one_to_three_seconds_and_new_follows_join(
     world, sim = world_sim
     followed, late = world.wallets[:3], world.wallets[3]
     follow(db, followed)
-    s = test_settings(sim, tiers={"hot": {"poll_interval_seconds": {"min": 1, "max": 3}, "wallet_cooldown_seconds": 1,
+    s = fast_settings(sim, tiers={"hot": {"poll_interval_seconds": {"min": 1, "max": 3}, "wallet_cooldown_seconds": 1,
                                           "refresh_interval_seconds": 2}})
     with Running(s, db):
         wait_for(lambda: len(_polls_by_wallet(sim, 0)) == 3, 20, "first polls")
@@ -242,7 +243,7 @@ def test_a_trade_changed_at_the_api_is_overwritten_latest_wins(db, world_sim):
     follow(db, [wallet])
     market = world.add_market()
     fill = world.trade(wallet, market, 0, "BUY", 10, price="0.40")
-    with Running(test_settings(sim), db):
+    with Running(fast_settings(sim), db):
         def price() -> object:
             with psycopg.connect(db) as conn:
                 row = conn.execute("SELECT price, count(*) OVER () FROM trades_public WHERE transaction_hash = %s",

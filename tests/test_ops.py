@@ -7,9 +7,11 @@ import re
 import tomllib
 
 import pytest
+import yaml
 
 from polycopy_actors import PROJECT_ROOT
 from polycopy_actors.config import load_settings
+from polycopy_actors.observe import metrics
 
 
 @pytest.mark.timeout(30)
@@ -56,13 +58,9 @@ def _leaves(data: dict, prefix: str = "") -> list[str]:
 
 @pytest.mark.timeout(30)
 def test_readme_documents_every_config_key_and_metric():
-    import yaml
-
     readme = (PROJECT_ROOT / "README.md").read_text()
     defaults = yaml.safe_load((PROJECT_ROOT / "config" / "default.yaml").read_text())
     missing = [k for k in _leaves(defaults) if f"| `{k}` |" not in readme]
     assert missing == []
-    from polycopy_actors import metrics
-
     names = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
     assert names and all(f"`{n}" in readme for n in names), sorted(n for n in names if f"`{n}" not in readme)

@@ -10,10 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from polycopy_actors.client import Rejected
-from polycopy_actors.models import Position, assign_trade_ids, parse_activity, parse_fill, parse_market, parse_position
-from polycopy_actors.ratelimit import TokenBucket
-from polycopy_actors.reconcile import (
+from polycopy_actors.api.client import Rejected
+from polycopy_actors.api.models import (
+    MalformedItem,
+    Position,
+    assign_trade_ids,
+    parse_activity,
+    parse_fill,
+    parse_market,
+    parse_position,
+)
+from polycopy_actors.logic.bucket import TokenBucket
+from polycopy_actors.logic.reconcile import (
     Held,
     WindowTrades,
     classify,
@@ -22,8 +30,8 @@ from polycopy_actors.reconcile import (
     explain,
     replay,
 )
-from polycopy_actors.schedule import Schedule
-from polycopy_actors.wallet_state import WalletState
+from polycopy_actors.logic.schedule import Schedule
+from polycopy_actors.logic.wallet_state import WalletState
 
 #: Real API bodies (provenance in SOURCES.md), copied from the project's shared facts so CI needs nothing else.
 SAMPLES = Path(__file__).resolve().parent / "data" / "polymarket-samples"
@@ -62,8 +70,6 @@ def test_schedule_polls_most_overdue_first_and_respects_cooldown():
 
 
 def _pos(asset: str, size: str, cid: str = "0x" + "1" * 64) -> object:
-    from polycopy_actors.models import Position
-
     return Position("0x" + "a" * 40, asset, cid, Decimal(size), Decimal("0.5"), Decimal("0.5"), "Yes", 0, "t", False)
 
 
@@ -251,8 +257,6 @@ def test_trade_id_is_the_same_through_v1_and_v2_and_keeps_identical_fills_apart(
 @pytest.mark.parametrize("field", ["proxyWallet", "side", "asset", "conditionId", "size", "timestamp",
                                    "transactionHash"])
 def test_missing_or_bad_fields_are_named(field):
-    from polycopy_actors.models import MalformedItem
-
     item = {"proxyWallet": "0x" + "a" * 40, "side": "BUY", "asset": "1", "conditionId": "0x" + "b" * 64,
             "size": 1, "price": Decimal("0.5"), "timestamp": 1777091978, "transactionHash": "0x" + "c" * 64}
     for broken in ({k: v for k, v in item.items() if k != field}, dict(item, **{field: {"x": 1}})):

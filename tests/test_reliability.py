@@ -16,10 +16,9 @@ import psycopg
 import pykka
 import pytest
 
+from polycopy_actors.actors.limiter import RateLimiterActor
 from polycopy_actors.actors.messages import Crash
-from polycopy_actors.actors.rate_limiter import RateLimiterActor
 from polycopy_actors.simulator import Faults, Simulator, World
-from tests.conftest import test_settings
 from tests.helpers import (
     Proc,
     Running,
@@ -27,6 +26,9 @@ from tests.helpers import (
     converged,
     db_closes,
     db_trades,
+    deep_merge,
+    fast_settings,
+    fast_timings,
     follow,
     free_port,
     healthz,
@@ -44,14 +46,8 @@ def busy_world(seed: int, wallets: int = 6) -> tuple[World, Simulator]:
 
 
 def hot_config(tmp_path: Any, name: str = "hot.yaml", **extra: Any) -> Any:
-    data: dict[str, Any] = {
-        "metrics": {"port": 0}, "logging": {"summary_interval_seconds": 0},
-        "writer": {"flush_interval_seconds": 0.2},
-        "api": {"timeout_seconds": 2, "backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5},
-        "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
-        "tiers": {"hot": {"poll_interval_seconds": {"min": 0.2, "max": 0.4}, "wallet_cooldown_seconds": 0.2,
-                          "refresh_interval_seconds": 0.5, "rate_limit": {"requests_per_second": 30, "burst": 20}}},
-    }
+    data = deep_merge(fast_timings(), {"writer": {"flush_interval_seconds": 0.2},
+                                       "tiers": {"hot": {"rate_limit": {"requests_per_second": 30}}}})
     data.update(extra)
     return write_config(tmp_path / name, data)
 
@@ -166,7 +162,7 @@ def test_api_faults_back_off_keep_healthy_wallets_and_stay_in_budget(db):
     follow(db, followed)
     track_from_now(world)
     rps, burst = 12.0, 8
-    s = test_settings(sim, api={"timeout_seconds": 0.5, "max_retries": 2},
+    s = fast_settings(sim, api={"timeout_seconds": 0.5, "max_retries": 2},
                       tiers={"hot": {"rate_limit": {"requests_per_second": rps, "burst": burst}}})
     started = time.time()
     with Running(s, db) as run:
@@ -208,7 +204,7 @@ def test_crashed_rate_limiter_is_restarted_and_work_resumes(db):
     follow(db, followed)
     track_from_now(world)
     try:
-        with Running(test_settings(sim), db) as run:
+        with Running(fast_settings(sim), db) as run:
             wait_for(lambda: converged(db, world, followed), 30, "initial state")
             old = pykka.ActorRegistry.get_by_class(RateLimiterActor)[0]
             old.tell(Crash("injected limiter crash"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from polycopy_actors.migrate import MigrationError, discover, migrate, pending
+from polycopy_actors.db.migrate import MigrationError, discover, migrate, pending
 
 W = "0x" + "ab" * 20
 CID = "0x" + "cd" * 32

@@ -9,7 +9,7 @@ import signal
 import psycopg
 import pytest
 
-from polycopy_actors import store
+from polycopy_actors.db import queries
 from tests.helpers import (
     Proc,
     cli_env,
@@ -45,7 +45,7 @@ def test_three_hot_shards_split_the_tier_survive_sigkill_and_share_the_budget(db
     world, sim = started_world(31, 5, 9, 40)
     followed = world.wallets[:7]
     with psycopg.connect(db) as conn:
-        store.follow(conn, followed, "test")
+        queries.follow(conn, followed, "test")
     port = free_port()
     cfg = write_config(tmp_path / "shards.yaml", {
         "processes": 3, "metrics": {"port": port, "host": "127.0.0.1"},
@@ -104,7 +104,7 @@ def test_three_hot_shards_split_the_tier_survive_sigkill_and_share_the_budget(db
 def test_sharded_cold_sweep_lands_every_wallet_once(db, tmp_path):
     world, sim = started_world(32, 5, 10, 40)
     with psycopg.connect(db) as conn:
-        store.add_traders(conn, world.wallets)
+        queries.add_traders(conn, world.wallets)
     cfg = write_config(tmp_path / "cold.yaml", {
         "processes": 2, "metrics": {"port": 0}, "writer": {"flush_interval_seconds": 0.1},
         "tiers": {"cold": {"rate_limit": {"requests_per_second": 40, "burst": 10}, "jitter_seconds": 0,

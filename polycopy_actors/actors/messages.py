@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pykka
 
-from polycopy_actors.client import Rejected
-from polycopy_actors.models import Trade
-from polycopy_actors.reconcile import Close, Held
+from polycopy_actors.logic.poll_result import PollResult
+
+__all__ = [
+    "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "FlushTick", "LoadState", "PollResult",
+    "ReleaseLeases", "LivenessCheck", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence",
+]
 
 #: Timeout of every ``ask`` (an actor never blocks on another without one).
 ASK_TIMEOUT_SECONDS = 10.0
@@ -34,7 +37,7 @@ class ChildExited:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class LivenessCheck:
     """Supervisor's periodic liveness check (an ``on_start`` failure never reaches ``on_failure``)."""
 
 
@@ -104,28 +107,6 @@ class ReleaseLeases:
     """Give these wallets' leases up (they left the poller)."""
 
     wallets: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """One poll of one wallet, for the writer: all of it lands in one transaction.
-
-    ``final=False``: only the trades and their cursor, sent ahead so that the close evidence read
-    from the database includes them; the wallet's poll state is written by the final result."""
-
-    wallet: str
-    tier: str
-    polled_at: datetime
-    ok: bool
-    error: str | None = None
-    trades: tuple[Trade, ...] = ()
-    #: Newest trade time seen (the cursor); written in the same transaction as ``trades``.
-    watermark: datetime | None = None
-    #: Positions whose stored row changes (opened, changed, seen, marked missing or present again).
-    upserts: tuple[Held, ...] = ()
-    closes: tuple[Close, ...] = field(default=())
-    rejected: tuple[Rejected, ...] = ()
-    final: bool = True
 
 
 class Ticker:

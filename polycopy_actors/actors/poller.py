@@ -1,7 +1,7 @@
 """WalletPoller actor: polls its own wallets, earliest deadline first.
 
 Owns: the wallets of the tier whose hash falls on it and whose lease the process holds, their
-schedule (cooldown, next-due time), one :class:`~polycopy_actors.wallet_state.WalletState` each
+schedule (cooldown, next-due time), one :class:`~polycopy_actors.logic.wallet_state.WalletState` each
 (cursor, stored positions with their close evidence, malformed items, per-kind back-off), and one
 :class:`PolymarketClient` (one HTTP session). Driven by ``tell(Tick)`` that it sends itself, so a
 crash reaches ``on_failure`` and the supervisor.
@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pykka
 
-from polycopy_actors import metrics
+from polycopy_actors.actors.context import TierContext
 from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
     Acquire,
@@ -42,125 +40,15 @@ from polycopy_actors.actors.messages import (
     TradeEvidence,
 )
 from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.client import ApiError, PolymarketClient, Rejected, Stopped
-from polycopy_actors.config import Settings, TierSettings
-from polycopy_actors.metrics import HealthState
-from polycopy_actors.models import Trade
-from polycopy_actors.reconcile import Close, Diff, Held, classify, diff_positions, explain
-from polycopy_actors.schedule import Schedule
-from polycopy_actors.wallet_state import WalletState
-from polycopy_actors.wallets import shard_of
+from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped
+from polycopy_actors.api.models import Trade
+from polycopy_actors.api.wallets import shard_of
+from polycopy_actors.logic.reconcile import Close, Diff, Held, classify, diff_positions, explain
+from polycopy_actors.logic.schedule import Schedule
+from polycopy_actors.logic.wallet_state import WalletState
+from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
-
-class PassTracker:
-    """One pass over the tier (``--once`` or a sweep), shared by the pollers of a process (any thread).
-
-    Pollers register the wallets of their pass and report each one done; ``done`` is set when every
-    poller has finished. Sets (not counters) so that a restarted poller counts nothing twice.
-    """
-
-    def __init__(self, pollers: int, done: threading.Event) -> None:
-        self._lock = threading.Lock()
-        self._finished: set[int] = set()
-        self._pollers = pollers
-        self._done = done
-        self._wallets: set[str] = set()
-        self._swept: set[str] = set()
-
-    def add(self, wallets: list[str]) -> None:
-        with self._lock:
-            self._wallets.update(wallets)
-
-    def drop(self, wallet: str) -> None:
-        """The wallet left the tier during the pass."""
-        with self._lock:
-            self._wallets.discard(wallet)
-            self._swept.discard(wallet)
-
-    def swept(self, wallet: str) -> None:
-        with self._lock:
-            self._swept.add(wallet)
-
-    def progress(self) -> tuple[int, int]:
-        """(wallets done, wallets in the pass)."""
-        with self._lock:
-            return len(self._swept), len(self._wallets)
-
-    def finished(self, index: int) -> None:
-        with self._lock:
-            self._finished.add(index)
-            if len(self._finished) >= self._pollers:
-                self._done.set()
-
-
-class RunStats:
-    """Counters for the shutdown summary line (any thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.polls = self.trades = self.closes = self.errors = self.requests = 0
-
-    def request(self) -> None:
-        with self._lock:
-            self.requests += 1
-
-    def add(self, polls: int = 0, trades: int = 0, closes: int = 0, errors: int = 0) -> None:
-        with self._lock:
-            self.polls += polls
-            self.trades += trades
-            self.closes += closes
-            self.errors += errors
-
-    def snapshot_requests(self) -> int:
-        with self._lock:
-            return self.requests
-
-    def snapshot(self) -> tuple[int, int, int, int]:
-        with self._lock:
-            return self.polls, self.trades, self.closes, self.errors
-
-    def summary(self, since: tuple[int, int, int, int] = (0, 0, 0, 0)) -> str:
-        polls, trades, closes, errors = (a - b for a, b in zip(self.snapshot(), since, strict=True))
-        return f"{polls:,} polls, {trades:,} trades, {closes:,} closes, {errors:,} errors"
-
-
-class WalletCounts:
-    """Wallets held by each poller of the process, for ``polycopy_wallets{tier}`` (any thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[int, int] = {}
-
-    def set(self, poller: int, count: int) -> int:
-        """Record one poller's count; return the process total."""
-        with self._lock:
-            self._counts[poller] = count
-            return sum(self._counts.values())
-
-
-@dataclass(frozen=True)
-class TierContext:
-    """What every poller of a process shares (immutable, or thread-safe objects)."""
-
-    settings: Settings
-    tier: str
-    stopping: threading.Event
-    health: HealthState
-    stats: RunStats
-    shard_index: int = 0
-    shard_count: int = 1
-    once: PassTracker | None = None
-    #: A sweep resuming after a restart skips wallets polled since the sweep started.
-    polled_before: datetime | None = None
-    wallet_counts: WalletCounts = field(default_factory=WalletCounts)
-    #: This process's name in ``wallet_leases`` (the DbWriter fences rows with the same name).
-    owner: str = ""
-
-    @property
-    def tier_settings(self) -> TierSettings:
-        return self.settings.tier(self.tier)
-
 
 def poller_index(wallet: str, pollers: int) -> int:
     """Which poller of a shard owns a wallet (other hex digits than the shard hash)."""
@@ -447,7 +335,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
     def _classify(self, st: WalletState, vanished: list[Held], polled_at: datetime,
                   ) -> tuple[list[Close], str | None, list[Rejected]]:
         """Why each vanished position closed, from the evidence since it was last seen minus the margin
-        (see :func:`~polycopy_actors.reconcile.classify`). Returns the closes decided, what kept the
+        (see :func:`~polycopy_actors.logic.reconcile.classify`). Returns the closes decided, what kept the
         others undecided (they are tried again later), and the malformed activity rows."""
         assert self.client is not None
         margin = self.ctx.settings.reconcile.evidence_margin_seconds

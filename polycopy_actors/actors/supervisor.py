@@ -8,7 +8,7 @@ children get their siblings' refs through their start function. Restart intensit
 fails itself (its own supervisor decides, or at the top ``on_give_up`` ends the process, exit 4).
 
 Threads: the Supervisor actor's own thread runs every hook and handler; its ticker thread only
-sends it ``Sweep``.
+sends it ``LivenessCheck``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors import metrics
-from polycopy_actors.actors.messages import ChildExited, Crash, Sweep, Ticker
+from polycopy_actors.actors.messages import ChildExited, Crash, LivenessCheck, Ticker
+from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
     def on_start(self) -> None:
         for spec in self.specs:
             self._start_child(spec)
-        self._ticker = Ticker(self.actor_ref, Sweep(), self.liveness_interval, f"{self.child_name}-liveness")
+        self._ticker = Ticker(self.actor_ref, LivenessCheck(), self.liveness_interval, f"{self.child_name}-liveness")
 
     def _stop_ticker(self) -> None:
         if self._ticker is not None:
@@ -140,7 +140,7 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
             ref = self.children.get(message.name)
             if ref is not None and ref.actor_urn == message.ref_id and not self.gave_up:
                 self._restart(message.name, message.error)
-        elif isinstance(message, Sweep):
+        elif isinstance(message, LivenessCheck):
             for spec in self.specs:
                 ref = self.children.get(spec.name)
                 if ref is not None and not ref.is_alive() and not self.gave_up:

@@ -1,6 +1,6 @@
 """RateLimiter actor: the tier's token bucket, shared by every poller of the process.
 
-Owns a :class:`~polycopy_actors.ratelimit.TokenBucket`. Takes ``ask(Acquire)`` (answers seconds to
+Owns a :class:`~polycopy_actors.logic.bucket.TokenBucket`. Takes ``ask(Acquire)`` (answers seconds to
 wait; it never sleeps itself) and ``tell(Throttle)`` (a 429: slow the whole tier).
 """
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors import metrics
 from polycopy_actors.actors.messages import Acquire, Crash, Throttle
 from polycopy_actors.actors.supervisor import SupervisedMixin
 from polycopy_actors.config import RateLimit
-from polycopy_actors.ratelimit import TokenBucket
+from polycopy_actors.logic.bucket import TokenBucket
+from polycopy_actors.observe import metrics
 
 
 class RateLimiterActor(SupervisedMixin, pykka.ThreadingActor):

@@ -1,4 +1,4 @@
-"""Prometheus metrics (DESIGN.md §3) and the /metrics + /healthz HTTP server.
+"""Prometheus metrics (DESIGN.md §3) and their multiprocess aggregation.
 
 Label values come from small fixed sets (never a wallet). In a sharded run the parent sets
 ``PROMETHEUS_MULTIPROC_DIR`` before any shard imports this module, so every process writes its
@@ -7,22 +7,14 @@ samples there and the parent serves the aggregate.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
 from prometheus_client import multiprocess as prom_mp
 
@@ -85,103 +77,6 @@ def registry_for_exposition() -> CollectorRegistry | None:
         prom_mp.MultiProcessCollector(reg)
         return reg
     return None
-
-
-class HealthState:
-    """What /healthz reports. Written by actors (any thread), read by the HTTP thread."""
-
-    def __init__(self, health_window_seconds: float, backlog_alarm_rows: int) -> None:
-        self._lock = threading.Lock()
-        self.started = time.monotonic()
-        self.api_window = health_window_seconds
-        self.backlog_alarm_rows = backlog_alarm_rows
-        #: The process runs (service loop); between two cold sweeps it runs without polling.
-        self.running = False
-        self.polling = False
-        self.last_poll_success = time.monotonic()
-        self.db_down_since: float | None = None
-        self.writer_rows = 0
-
-    def polling_started(self) -> None:
-        with self._lock:
-            self.running = self.polling = True
-            self.last_poll_success = time.monotonic()
-
-    def polling_stopped(self) -> None:
-        with self._lock:
-            self.polling = False
-
-    def poll_succeeded(self) -> None:
-        with self._lock:
-            self.last_poll_success = time.monotonic()
-
-    def set_db_down(self, down: bool) -> None:
-        with self._lock:
-            if down and self.db_down_since is None:
-                self.db_down_since = time.monotonic()
-            elif not down:
-                self.db_down_since = None
-
-    def set_writer_rows(self, rows: int) -> None:
-        with self._lock:
-            self.writer_rows = rows
-
-    def check(self) -> tuple[bool, str]:
-        with self._lock:
-            if not self.running:
-                return False, "supervisor not running"
-            if self.db_down_since is not None:
-                return False, f"database unreachable for {time.monotonic() - self.db_down_since:.0f} s"
-            if self.writer_rows > self.backlog_alarm_rows:
-                return False, f"writer backed up: {self.writer_rows} rows buffered"
-            idle = time.monotonic() - self.last_poll_success
-            if self.polling and idle > self.api_window:
-                return False, f"no successful poll for {idle:.0f} s"
-            return True, "ok"
-
-
-class MetricsServer:
-    """``/metrics`` and ``/healthz`` on a daemon thread; ``health`` may be a callable or HealthState."""
-
-    def __init__(self, host: str, port: int, health: Callable[[], tuple[bool, str]]) -> None:
-        registry = registry_for_exposition()
-        health_fn = health
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                if self.path.split("?")[0] == "/metrics":
-                    body = generate_latest(registry) if registry is not None else generate_latest()
-                    self._send(200, CONTENT_TYPE_LATEST, body)
-                elif self.path.split("?")[0] == "/healthz":
-                    ok, reason = health_fn()
-                    body = json.dumps({"status": "ok" if ok else "unhealthy", "reason": reason}).encode()
-                    self._send(200 if ok else 503, "application/json", body)
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def _send(self, status: int, ctype: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        log.info("metrics and health on port %d (/metrics, /healthz)", self.port)
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def _initialise_label_sets() -> None:

@@ -1,9 +1,9 @@
 """Layered, validated configuration.
 
 Order (later wins): ``config/default.yaml``, ``config/<env>.yaml``, ``--config FILE``, environment
-variables (DESIGN.md §3). The merged tree is checked against the frozen dataclasses below: an unknown
-key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the file (or variable)
-and the dotted key. Settings objects are immutable and picklable, so they cross ``spawn`` boundaries.
+variables (DESIGN.md §3). The merged tree is checked against the frozen dataclasses of
+:mod:`polycopy_actors.config.schema`: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the file (or variable) and the dotted key.
 """
 
 from __future__ import annotations
@@ -13,211 +13,15 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 from polycopy_actors import PROJECT_ROOT
+from polycopy_actors.config.schema import ApiSettings, ConfigError, DbSettings, Interval, Settings
 
 CONFIG_DIR = PROJECT_ROOT / "config"
-ENVIRONMENTS = ("development", "staging", "production", "demo")
-TIERS = ("hot", "cold")
-
-
-class ConfigError(Exception):
-    """A configuration problem, with a one-line message naming file/variable and key."""
-
-
-def _rng(ge: float | None = None, gt: float | None = None, le: float | None = None) -> dict[str, Any]:
-    return {"ge": ge, "gt": gt, "le": le}
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """Token bucket of one tier: refill rate (requests/second) and bucket size (requests)."""
-
-    requests_per_second: float = field(metadata=_rng(gt=0))
-    burst: int = field(metadata=_rng(ge=1))
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A closed range in seconds; ``min <= max``."""
-
-    min: float = field(metadata=_rng(ge=0))
-    max: float = field(metadata=_rng(ge=0))
-
-
-@dataclass(frozen=True)
-class TierSettings:
-    """One tier. ``schedule: continuous`` polls every wallet again and again (hot);
-    ``schedule: sweep`` visits every wallet once per sweep under the cold-sweep lock (cold)."""
-
-    schedule: Literal["continuous", "sweep"]
-    rate_limit: RateLimit
-    #: Minimum time between two polls of the same wallet.
-    wallet_cooldown_seconds: float = field(metadata=_rng(ge=0))
-    #: Continuous schedule: next poll of a wallet is due after a random time in this range.
-    poll_interval_seconds: Interval
-    #: How often the wallet list of the tier is re-read from the database.
-    refresh_interval_seconds: float = field(metadata=_rng(gt=0))
-    #: Sweep schedule: time between the starts of two sweeps, plus up to ``jitter_seconds``.
-    sweep_interval_seconds: float = field(metadata=_rng(gt=0))
-    jitter_seconds: float = field(metadata=_rng(ge=0))
-    #: Sweep lock time to live; renewed while sweeping.
-    lock_ttl_seconds: int = field(metadata=_rng(ge=1))
-    #: A pass over the tier (a sweep, or ``--once``) logs its progress every this many wallets.
-    progress_every_wallets: int = field(metadata=_rng(ge=1))
-    #: /healthz answers 503 when the tier, while polling, read nothing successfully for this long.
-    health_window_seconds: float = field(metadata=_rng(gt=0))
-
-    @property
-    def lease_ttl_seconds(self) -> float:
-        """Life of a wallet lease: renewed at every refresh of the tier's wallet list."""
-        return 3 * self.refresh_interval_seconds + 10
-
-
-@dataclass(frozen=True)
-class Tiers:
-    hot: TierSettings
-    cold: TierSettings
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """HTTP access to Polymarket's data and gamma APIs."""
-
-    data_api_url: str
-    gamma_api_url: str
-    data_api_version: Literal["v1", "v2"]
-    #: Read timeout of one HTTP request.
-    timeout_seconds: float = field(metadata=_rng(gt=0))
-    connect_timeout_seconds: float = field(metadata=_rng(gt=0))
-    #: Retries of one request after a 5xx, timeout, connection error or 429 (then the poll fails).
-    max_retries: int = field(metadata=_rng(ge=0, le=20))
-    backoff_base_seconds: float = field(metadata=_rng(ge=0))
-    backoff_max_seconds: float = field(metadata=_rng(ge=0))
-    #: Rows asked per page (clamped to each route's documented maximum).
-    page_size: int = field(metadata=_rng(ge=1))
-    #: History read for a wallet seen for the first time; 0 = everything the API serves.
-    initial_backfill_seconds: int = field(metadata=_rng(ge=0))
-    #: Seconds re-read behind a wallet's watermark (the API shows trades late and out of order).
-    overlap_seconds: int = field(metadata=_rng(ge=0))
-    #: v2: how often one poller reads ``/v2/status`` (the API's own lag); 0 = never.
-    status_interval_seconds: float = field(metadata=_rng(ge=0))
-    #: An answer whose ``Age`` header is larger came from a cache: never used, read again elsewhere.
-    max_answer_age_seconds: float = field(metadata=_rng(ge=0))
-    #: A malformed trade row holds the wallet's cursor for this many reads, then no longer.
-    malformed_hold_reads: int = field(metadata=_rng(ge=1))
-
-
-@dataclass(frozen=True)
-class DbSettings:
-    pool_min_size: int = field(metadata=_rng(ge=1))
-    pool_max_size: int = field(metadata=_rng(ge=1))
-    connect_timeout_seconds: float = field(metadata=_rng(gt=0))
-    #: false behind Supabase's transaction pooler (PgBouncer transaction mode).
-    prepared_statements: bool
-    #: A database down longer than this ends the worker (non-zero exit; the platform restarts it).
-    give_up_seconds: float = field(metadata=_rng(gt=0))
-    #: Data directory of the embedded server used when DATABASE_URL is unset.
-    embedded_data_dir: str
-
-
-@dataclass(frozen=True)
-class PollerSettings:
-    #: WalletPoller actors per process.
-    pool_size: int = field(metadata=_rng(ge=1, le=256))
-    #: Longest idle wait of a poller between two checks of its schedule.
-    idle_wait_seconds: float = field(metadata=_rng(gt=0, le=5))
-
-
-@dataclass(frozen=True)
-class WriterSettings:
-    batch_max_rows: int = field(metadata=_rng(ge=1))
-    flush_interval_seconds: float = field(metadata=_rng(gt=0))
-    #: Buffered rows above which /healthz reports the writer as backed up.
-    backlog_alarm_rows: int = field(metadata=_rng(ge=1))
-
-
-@dataclass(frozen=True)
-class SupervisionSettings:
-    max_restarts: int = field(metadata=_rng(ge=0))
-    period_seconds: float = field(metadata=_rng(gt=0))
-    liveness_interval_seconds: float = field(metadata=_rng(gt=0))
-
-
-@dataclass(frozen=True)
-class ReconcileSettings:
-    #: A position missing from complete snapshots for this long is closed (the API runs late).
-    close_grace_seconds: float = field(metadata=_rng(ge=0))
-    #: Events this long before a position was last seen still explain its close (the positions
-    #: route runs behind the trades and activity routes).
-    evidence_margin_seconds: float = field(metadata=_rng(ge=0))
-
-
-@dataclass(frozen=True)
-class LoggingSettings:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-    format: Literal["text", "json"]
-    #: A progress line (polls, trades, closes, errors) this often; 0 = never.
-    summary_interval_seconds: float = field(metadata=_rng(ge=0))
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    #: Port of /metrics and /healthz; 0 turns the server off.
-    port: int = field(metadata=_rng(ge=0, le=65535))
-    host: str
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """``--env demo``: the built-in simulator plus demo wallets followed."""
-
-    enabled: bool
-    wallets: int = field(metadata=_rng(ge=1, le=100))
-    seed: int
-    #: Seconds between two simulated trading events.
-    event_interval_seconds: float = field(metadata=_rng(gt=0))
-
-
-@dataclass(frozen=True)
-class DiscoverySettings:
-    """Cold-tier trader discovery: wallets seen trading in followed wallets' markets become traders."""
-
-    enabled: bool
-    #: Markets (condition ids) read per sweep, most recently traded by followed wallets first.
-    max_markets: int = field(metadata=_rng(ge=1, le=200))
-    #: New traders added per sweep at most.
-    max_new_traders: int = field(metadata=_rng(ge=0))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The whole configuration of one run."""
-
-    env: str
-    processes: int = field(metadata=_rng(ge=1, le=64))
-    shutdown_timeout_seconds: float = field(metadata=_rng(gt=0))
-    logging: LoggingSettings
-    metrics: MetricsSettings
-    api: ApiSettings
-    db: DbSettings
-    tiers: Tiers
-    pollers: PollerSettings
-    writer: WriterSettings
-    supervision: SupervisionSettings
-    reconcile: ReconcileSettings
-    demo: DemoSettings
-    discovery: DiscoverySettings
-    #: From DATABASE_URL only (never from YAML); None = the embedded server.
-    database_url: Optional[str] = field(default=None, repr=False)
-
-    def tier(self, name: str) -> TierSettings:
-        return getattr(self.tiers, name)
 
 
 #: Environment variables that override keys (DESIGN.md §3).

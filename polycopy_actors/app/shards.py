@@ -18,51 +18,29 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
+from prometheus_client import multiprocess
+
+from polycopy_actors.actors.tree import ActorSystem
+from polycopy_actors.app.logs import setup_logging
+from polycopy_actors.app.multiproc import MULTIPROC_ENV
 from polycopy_actors.config import Settings
 from polycopy_actors.exitcodes import RET_CONFIG, RET_DATABASE, RET_GAVE_UP, RET_OK
+from polycopy_actors.observe import HealthState, metrics
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def prepare_multiprocess_metrics() -> Path:
-    """Point prometheus_client at an empty directory shared by the parent and its shards.
-    Must run before ``polycopy_actors.metrics`` (or any metric) is imported in this process."""
-    if "polycopy_actors.metrics" in sys.modules:
-        raise RuntimeError("prepare_multiprocess_metrics() must run before metrics are imported")
-    given = os.environ.get(MULTIPROC_ENV)
-    if given:
-        path = Path(given)
-        path.mkdir(parents=True, exist_ok=True)
-        for child in path.iterdir():  # samples of a previous run would be summed in
-            if child.is_file() and child.suffix == ".db":
-                child.unlink()
-    else:
-        path = Path(tempfile.mkdtemp(prefix="polycopy-metrics-"))
-        os.environ[MULTIPROC_ENV] = str(path)
-    return path
-
-
 def _shard_main(settings: Settings, tier: str, dsn: str, index: int, count: int, once: bool,
                 polled_before: datetime | None) -> None:
-    """Entry point of a shard process (spawned: a fresh interpreter)."""
-    from polycopy_actors.logs import setup_logging  # noqa: PLC0415
-    from polycopy_actors.metrics import HealthState  # noqa: PLC0415
-    from polycopy_actors.system import ActorSystem  # noqa: PLC0415
-
+    """Entry point of a shard process (spawned: a fresh interpreter that inherited
+    ``PROMETHEUS_MULTIPROC_DIR`` before it imported this module)."""
     setup_logging(settings.logging.level, settings.logging.format, shard=f"shard-{index + 1}/{count}")
     stop = threading.Event()
     # The parent forwards SIGTERM; a terminal's Ctrl-C reaches the whole group, so SIGINT is left to it.
@@ -79,7 +57,7 @@ def _shard_main(settings: Settings, tier: str, dsn: str, index: int, count: int,
 class ShardSet:
     """Runs the tier as N shard processes; called from the parent's main thread only.
 
-    Used as a :class:`polycopy_actors.sweep.PassRunner`: one call runs until stopped (continuous) or
+    Used as a :class:`polycopy_actors.app.sweep.PassRunner`: one call runs until stopped (continuous) or
     until every shard finished its pass (``once``).
     """
 
@@ -159,8 +137,6 @@ class ShardSet:
                         return RET_GAVE_UP
                     log.warning("shard %d exited (%s): restarting it (%d restart(s) in the last %.0f s)",
                                 index + 1, how, len(self.restarts), sup.period_seconds)
-                    from polycopy_actors import metrics  # noqa: PLC0415 - after the multiprocess set-up
-
                     metrics.ACTOR_RESTARTS.labels("shard").inc()
                     self._start(index, once, polled_before)
             return RET_OK
@@ -171,12 +147,4 @@ class ShardSet:
 def _mark_dead(pid: int | None) -> None:
     if pid is None or MULTIPROC_ENV not in os.environ:
         return
-    from prometheus_client import multiprocess  # noqa: PLC0415
-
     multiprocess.mark_process_dead(pid)
-
-
-def cleanup_multiprocess_metrics(path: Path) -> None:
-    """Remove the directory this run created (not one the user gave)."""
-    if path.name.startswith("polycopy-metrics-"):
-        shutil.rmtree(path, ignore_errors=True)

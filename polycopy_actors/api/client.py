@@ -3,7 +3,7 @@
 One instance per WalletPoller, used only from that poller's thread (it owns a
 ``requests.Session``). Every HTTP request first asks the tier's rate limiter (``acquire``); a 429
 tells it to slow the whole tier (``on_rate_limited``). The tiers never see which data-API version
-is in use: both produce the same records (:mod:`polycopy_actors.models`).
+is in use: both produce the same records (:mod:`polycopy_actors.api.models`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any, Generic, TypeVar
 
 import requests
 
-from polycopy_actors import __version__, metrics
-from polycopy_actors.config import ApiSettings
-from polycopy_actors.models import (
+from polycopy_actors import __version__
+from polycopy_actors.api.models import (
     Activity,
     ClosedPosition,
     MalformedItem,
@@ -39,6 +38,8 @@ from polycopy_actors.models import (
     parse_market,
     parse_position,
 )
+from polycopy_actors.config import ApiSettings
+from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from polycopy_actors import store
+from polycopy_actors.db import queries
 
 COLD_SWEEP_JOB = "cold_sweep"
 
@@ -16,7 +16,7 @@ def collect_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     now = datetime.now(UTC)
     tiers: dict[str, Any] = {}
     for tier in ("hot", "cold"):
-        wallets = store.tier_wallets(conn, tier)
+        wallets = queries.tier_wallets(conn, tier)
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE last_polled_at > now() - interval '1 minute'), "
             "count(*) FILTER (WHERE last_polled_at > now() - interval '1 hour'), "
@@ -35,7 +35,7 @@ def collect_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "wallets_failing": row[4],
             "consecutive_errors": int(row[5]),
         }
-    holder = store.lock_holder(conn, COLD_SWEEP_JOB)
+    holder = queries.lock_holder(conn, COLD_SWEEP_JOB)
     tiers["cold"]["lock_holder"] = {"owner": holder[0], "until": holder[1]} if holder else None
     sweep = conn.execute(
         "SELECT to_regclass('cold_sweeps') IS NOT NULL"

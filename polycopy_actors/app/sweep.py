@@ -26,10 +26,11 @@ from typing import Any, Protocol
 
 import psycopg
 
-from polycopy_actors import metrics, store
 from polycopy_actors.config import Settings
-from polycopy_actors.db import connect, scrub
+from polycopy_actors.db import queries
+from polycopy_actors.db.connect import connect, scrub
 from polycopy_actors.exitcodes import RET_OK, ExitError
+from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +265,12 @@ def discover_traders(settings: Settings, dsn: str, client: Any) -> None:
     """Add wallets seen trading in followed wallets' markets as cold traders (``discovery.enabled``)."""
     d = settings.discovery
     with connect(dsn, settings) as conn:
-        markets = store.followed_markets(conn, d.max_markets)
+        markets = queries.followed_markets(conn, d.max_markets)
     if not markets or d.max_new_traders == 0:
         log.info("trader discovery: no followed markets yet")
         return
     seen = client.market_traders(markets)
     with connect(dsn, settings) as conn, conn.transaction():
-        added = store.discover_traders(conn, sorted(seen), d.max_new_traders)
+        added = queries.discover_traders(conn, sorted(seen), d.max_new_traders)
     log.info("trader discovery: %d wallets seen in %d followed markets, %d new cold traders", len(seen),
              len(markets), added)

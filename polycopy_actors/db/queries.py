@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from polycopy_actors.wallets import normalize_wallets
+from polycopy_actors.api.wallets import normalize_wallets
 
 Conn = psycopg.Connection[Any]
 

@@ -12,14 +12,18 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from polycopy_actors import metrics, store
+from polycopy_actors.actors.tree import ActorSystem
+from polycopy_actors.api.client import ApiError, PolymarketClient
+from polycopy_actors.app.shards import ShardSet
+from polycopy_actors.app.sweep import PassRunner, SweepLoop, discover_traders
 from polycopy_actors.config import Settings
-from polycopy_actors.db import Database, connect, describe_dsn, open_database, wait_reachable
+from polycopy_actors.db import queries
+from polycopy_actors.db.connect import Database, connect, describe_dsn, open_database, wait_reachable
+from polycopy_actors.db.migrate import prepare_schema
 from polycopy_actors.exitcodes import RET_CONFIG, ExitError
-from polycopy_actors.metrics import HealthState, MetricsServer
-from polycopy_actors.shards import ShardSet
-from polycopy_actors.sweep import PassRunner, SweepLoop, discover_traders
-from polycopy_actors.system import ActorSystem
+from polycopy_actors.logic.bucket import TokenBucket
+from polycopy_actors.observe import HealthState, MetricsServer, metrics
+from polycopy_actors.simulator import SimConfig, Simulator, World
 
 log = logging.getLogger("polycopy_actors")
 
@@ -38,7 +42,6 @@ def _install_signals(stop: threading.Event) -> None:
 
 def _start_demo(settings: Settings) -> tuple[Settings, Any]:
     """The built-in simulator on a free port, driven by a background thread."""
-    from polycopy_actors.simulator import SimConfig, Simulator, World  # noqa: PLC0415
 
     world = World(seed=settings.demo.seed, wallets=max(settings.demo.wallets, 8))
     for _ in range(30):
@@ -65,8 +68,6 @@ def _in_process(settings: Settings, tier: str, dsn: str, health: HealthState) ->
 def _discovery(settings: Settings, tier: str, dsn: str) -> Callable[[], None] | None:
     if not settings.discovery.enabled:
         return None
-    from polycopy_actors.client import ApiError, PolymarketClient  # noqa: PLC0415
-    from polycopy_actors.ratelimit import TokenBucket  # noqa: PLC0415
 
     rate = settings.tier(tier).rate_limit
     bucket = TokenBucket(rate.requests_per_second, rate.burst, time.monotonic())
@@ -104,8 +105,7 @@ def _health_check(health: HealthState, shards: ShardSet | None) -> Callable[[], 
 
 def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
     """``python -m polycopy_actors --tier T``: returns the exit code. With ``processes > 1`` the
-    caller has prepared the multiprocess metrics directory first (see :mod:`polycopy_actors.shards`)."""
-    from polycopy_actors.cli import prepare_schema  # noqa: PLC0415
+    caller has prepared the multiprocess metrics directory first (see :mod:`polycopy_actors.app.shards`)."""
 
     stop = threading.Event()
     _install_signals(stop)
@@ -121,8 +121,8 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         if sim is not None:
             wallets = sim.world.wallets[: settings.demo.wallets]
             with connect(db.dsn, settings) as conn, conn.transaction():
-                store.follow(conn, wallets, "demo")
-                store.add_traders(conn, sim.world.wallets[settings.demo.wallets:])
+                queries.follow(conn, wallets, "demo")
+                queries.add_traders(conn, sim.world.wallets[settings.demo.wallets:])
             log.info("demo: following %d simulated wallets: %s", len(wallets), ", ".join(wallets))
         ts = settings.tier(tier)
         log.info(

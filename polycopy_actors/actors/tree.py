@@ -20,14 +20,14 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors import metrics
-from polycopy_actors.actors.poller import PassTracker, RunStats, TierContext, WalletPollerActor
-from polycopy_actors.actors.rate_limiter import RateLimiterActor
+from polycopy_actors.actors.context import PassTracker, RunStats, TierContext
+from polycopy_actors.actors.limiter import RateLimiterActor
+from polycopy_actors.actors.poller import WalletPollerActor
 from polycopy_actors.actors.supervisor import ChildSpec, Supervisor
 from polycopy_actors.actors.writer import DbWriterActor
 from polycopy_actors.config import RateLimit, Settings
 from polycopy_actors.exitcodes import RET_GAVE_UP, RET_OK
-from polycopy_actors.metrics import HealthState
+from polycopy_actors.observe import HealthState, metrics
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One :class:`WalletState` per wallet, owned by the poller that holds the wallet's lease and loaded
 from the database when it takes the wallet: the trade cursor, the stored positions with their
-evidence (:class:`~polycopy_actors.reconcile.Held`), the malformed items seen so far, and the
+evidence (:class:`~polycopy_actors.logic.reconcile.Held`), the malformed items seen so far, and the
 per-kind error counts that back each kind of read off on its own (a failing positions route never
 delays the wallet's trades).
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from polycopy_actors.client import Rejected
-from polycopy_actors.models import Position, Trade
-from polycopy_actors.reconcile import Close, Diff, Held
+from polycopy_actors.api.client import Rejected
+from polycopy_actors.api.models import Position, Trade
+from polycopy_actors.logic.reconcile import Close, Diff, Held
 
 #: Longest back-off of one kind of read (positions, close evidence) after repeated failures.
 MAX_KIND_BACKOFF_SECONDS = 60.0

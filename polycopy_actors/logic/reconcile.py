@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from polycopy_actors.models import Position
+from polycopy_actors.api.models import Position
 
 MANUAL_CLOSE = "manual_close"
 MARKET_CLOSED = "market_closed"

@@ -15,13 +15,16 @@ from typing import Any
 
 import psycopg
 
-from polycopy_actors import __version__, store
+from polycopy_actors import __version__
+from polycopy_actors.api.wallets import InvalidWallet
+from polycopy_actors.app.logs import setup_logging
+from polycopy_actors.app.multiproc import cleanup_multiprocess_metrics, prepare_multiprocess_metrics
+from polycopy_actors.app.status import collect_status, format_status
 from polycopy_actors.config import ConfigError, Settings, load_settings
-from polycopy_actors.db import Database, connect, describe_dsn, open_database, scrub
+from polycopy_actors.db import queries
+from polycopy_actors.db.connect import connect, open_database, scrub
+from polycopy_actors.db.migrate import MigrationError, migrate, prepare_schema
 from polycopy_actors.exitcodes import RET_CONFIG, RET_DATABASE, RET_INTERNAL, RET_OK, ExitError
-from polycopy_actors.logs import setup_logging
-from polycopy_actors.migrate import MigrationError, migrate, pending
-from polycopy_actors.wallets import InvalidWallet
 
 log = logging.getLogger("polycopy_actors")
 
@@ -78,23 +81,6 @@ def _load(args: argparse.Namespace) -> Settings:
     return load_settings(env=args.env, config_file=args.config, overrides=overrides or None)
 
 
-def prepare_schema(db: Database, settings: Settings) -> None:
-    """Refuse pending migrations on a configured database; migrate the embedded one by itself."""
-    with connect(db.dsn, settings) as conn:
-        todo = pending(conn)
-        if not todo:
-            return
-        if db.embedded:
-            applied = migrate(conn)
-            log.info("embedded database migrated: %s", ", ".join(applied))
-            return
-    raise ExitError(
-        RET_CONFIG,
-        f"database {describe_dsn(db.dsn)} has {len(todo)} pending migration(s) ({', '.join(todo)}): "
-        "run `python -m polycopy_actors migrate` first",
-    )
-
-
 def _with_db(settings: Settings, fn: Callable[[psycopg.Connection[Any]], int], need_schema: bool = True) -> int:
     db = open_database(settings)
     try:
@@ -119,7 +105,7 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
-    store_fn = store.follow if args.command == "follow" else store.unfollow
+    store_fn = queries.follow if args.command == "follow" else queries.unfollow
 
     def run(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
@@ -131,7 +117,7 @@ def cmd_follow(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_traders(settings: Settings, args: argparse.Namespace) -> int:
-    fn = store.add_traders if args.action == "add" else store.deactivate_traders
+    fn = queries.add_traders if args.action == "add" else queries.deactivate_traders
 
     def run(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
@@ -143,8 +129,6 @@ def cmd_traders(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from polycopy_actors.status import collect_status, format_status  # noqa: PLC0415
-
     def run(conn: psycopg.Connection[Any]) -> int:
         data = collect_status(conn)
         print(json.dumps(data, indent=2, default=str) if args.json else format_status(data))
@@ -156,16 +140,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     mp_dir = None
     if settings.processes > 1:
-        from polycopy_actors.shards import prepare_multiprocess_metrics  # noqa: PLC0415
-
         mp_dir = prepare_multiprocess_metrics()  # before any metric exists in this process
-    from polycopy_actors.service import run_tier_command  # noqa: PLC0415
+    # Imported here, not at the top: it defines the metrics, so it must come after the multiprocess
+    # directory is set (prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when first imported).
+    from polycopy_actors.app.run import run_tier_command  # noqa: PLC0415
 
     try:
         return run_tier_command(settings, args.tier, once=args.once)
     finally:
         if mp_dir is not None:
-            from polycopy_actors.shards import cleanup_multiprocess_metrics  # noqa: PLC0415
 
             cleanup_multiprocess_metrics(mp_dir)
 

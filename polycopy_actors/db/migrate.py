@@ -15,7 +15,9 @@ from typing import Any
 
 import psycopg
 
-from polycopy_actors.db import PROJECT_SQL_DIR
+from polycopy_actors.config import Settings
+from polycopy_actors.db.connect import PROJECT_SQL_DIR, Database, connect, describe_dsn
+from polycopy_actors.exitcodes import RET_CONFIG, ExitError
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +105,20 @@ def migrate(conn: psycopg.Connection[Any], sql_dir: Path = PROJECT_SQL_DIR) -> l
         return done
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def prepare_schema(db: Database, settings: Settings) -> None:
+    """Refuse pending migrations on a configured database; migrate the embedded one by itself."""
+    with connect(db.dsn, settings) as conn:
+        todo = pending(conn)
+        if not todo:
+            return
+        if db.embedded:
+            applied = migrate(conn)
+            log.info("embedded database migrated: %s", ", ".join(applied))
+            return
+    raise ExitError(
+        RET_CONFIG,
+        f"database {describe_dsn(db.dsn)} has {len(todo)} pending migration(s) ({', '.join(todo)}): "
+        "run `python -m polycopy_actors migrate` first",
+    )

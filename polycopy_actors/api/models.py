@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-from polycopy_actors.wallets import InvalidWallet, normalize_wallet
+from polycopy_actors.api.wallets import InvalidWallet, normalize_wallet
 
 SIX_PLACES = Decimal("0.000001")
 #: 2100-01-01: timestamps beyond it are treated as malformed (seconds mistaken for milliseconds).

@@ -1,0 +1,27 @@
+"""Configuration: the schema (frozen dataclasses) and the layered loader (YAML files, environment)."""
+
+from polycopy_actors.config.loader import CONFIG_DIR, ENV_OVERRIDES, load_settings
+from polycopy_actors.config.schema import (
+    ApiSettings,
+    ConfigError,
+    DbSettings,
+    DemoSettings,
+    DiscoverySettings,
+    Interval,
+    LoggingSettings,
+    MetricsSettings,
+    PollerSettings,
+    RateLimit,
+    ReconcileSettings,
+    Settings,
+    SupervisionSettings,
+    Tiers,
+    TierSettings,
+    WriterSettings,
+)
+
+__all__ = [
+    "CONFIG_DIR", "ENV_OVERRIDES", "ApiSettings", "ConfigError", "DbSettings", "DemoSettings", "DiscoverySettings",
+    "Interval", "LoggingSettings", "MetricsSettings", "PollerSettings", "RateLimit", "ReconcileSettings", "Settings",
+    "SupervisionSettings", "TierSettings", "Tiers", "WriterSettings", "load_settings",
+]
