@@ -21,10 +21,10 @@ TX = "0x" + "ef" * 32
 def test_migrations_apply_once_and_are_idempotent(fresh_database):
     dsn = fresh_database(migrated=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        assert pending(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps",
-                                 "005_position_evidence"]
-        assert migrate(conn) == ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps",
-                                 "005_position_evidence"]
+        files = ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps",
+                 "005_position_evidence", "006_hot_wallets_view"]
+        assert pending(conn) == files
+        assert migrate(conn) == files
         assert migrate(conn) == [] and pending(conn) == []
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}

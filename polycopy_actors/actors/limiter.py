@@ -11,7 +11,7 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.messages import Acquire, Crash, Throttle
+from polycopy_actors.actors.messages import Acquire, Throttle
 from polycopy_actors.actors.supervisor import SupervisedMixin
 from polycopy_actors.config import RateLimit
 from polycopy_actors.logic.bucket import TokenBucket
@@ -21,14 +21,14 @@ from polycopy_actors.observe import metrics
 class RateLimiterActor(SupervisedMixin, pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], name: str, tier: str, limit: RateLimit) -> None:
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, tier: str, limit: RateLimit) -> None:
         super().__init__()
         self.supervisor = supervisor
         self.child_name = name
         self.tier = tier
         self.bucket = TokenBucket(limit.requests_per_second, limit.burst, time.monotonic())
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if isinstance(message, Acquire):
             wait = self.bucket.reserve(time.monotonic(), message.cost)
             metrics.RATE_WAIT.observe(wait)
@@ -37,6 +37,4 @@ class RateLimiterActor(SupervisedMixin, pykka.ThreadingActor):
             metrics.RATE_THROTTLES.labels(self.tier).inc()
             self.bucket.throttle(time.monotonic(), message.seconds)
             return None
-        if isinstance(message, Crash):
-            raise RuntimeError(message.reason)
         return None

@@ -30,7 +30,6 @@ from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
     Acquire,
     AcquireLeases,
-    Crash,
     LoadState,
     PollResult,
     ReleaseLeases,
@@ -61,7 +60,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], name: str, index: int, count: int, ctx: TierContext,
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, index: int, count: int, ctx: TierContext,
                  limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
         super().__init__()
         self.supervisor = supervisor
@@ -107,11 +106,9 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
 
     # --- messages -----------------------------------------------------------------------------------
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
             self._tick()
-        elif isinstance(message, Crash):
-            raise RuntimeError(message.reason)
         elif message == "wallets":
             return sorted(self.schedule.wallets())
         return None

@@ -43,6 +43,17 @@ class SupervisedMixin:
     child_name: str
     actor_ref: pykka.ActorRef[Any]
 
+    def on_receive(self, message: Any) -> Any:
+        """pykka's hook (the actor's thread): the fault-injection ``Crash`` raises here, for every
+        supervised actor; everything else goes to :meth:`receive`."""
+        if isinstance(message, Crash):
+            raise RuntimeError(message.reason)
+        return self.receive(message)
+
+    def receive(self, message: Any) -> Any:
+        """The actor's own messages (its thread); an exception from a ``tell`` reaches ``on_failure``."""
+        raise NotImplementedError
+
     def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
         error = f"{exception_type.__name__ if exception_type else 'Error'}: {exception_value}"
@@ -78,6 +89,7 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
     def __init__(
         self,
         name: str,
+        *,
         specs: list[ChildSpec],
         strategy: str,
         max_restarts: int,
@@ -135,7 +147,7 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
 
     # --- messages ----------------------------------------------------------------------------------------
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if isinstance(message, ChildExited):
             ref = self.children.get(message.name)
             if ref is not None and ref.actor_urn == message.ref_id and not self.gave_up:
@@ -146,8 +158,6 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
                 if ref is not None and not ref.is_alive() and not self.gave_up:
                     self._restart(spec.name, "found dead (stopped without reporting, e.g. failed on_start)")
                     break
-        elif isinstance(message, Crash):
-            raise RuntimeError(message.reason)
         elif message == "children":
             return dict(self.children)
         return None
@@ -175,10 +185,9 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
             return
         metrics.ACTOR_RESTARTS.labels(_metric_name(name)).inc()
         index = next(i for i, s in enumerate(self.specs) if s.name == name)
-        first = index if self.strategy == "rest_for_one" else index
         last = len(self.specs) if self.strategy == "rest_for_one" else index + 1
         log.warning("%s: restarting %s after failure (%s); restart %d of %d allowed in %.0f s",
-                    self.child_name, ", ".join(s.name for s in self.specs[first:last]), error,
+                    self.child_name, ", ".join(s.name for s in self.specs[index:last]), error,
                     len(self.restarts), self.max_restarts, self.period)
         if self.strategy == "rest_for_one":
             self._stop_children(index)

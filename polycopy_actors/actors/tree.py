@@ -84,22 +84,24 @@ class ActorSystem:
         sup = s.supervision
 
         def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
-            return RateLimiterActor.start(parent, "limiter", self.tier, rate)
+            return RateLimiterActor.start(parent, name="limiter", tier=self.tier, limit=rate)
 
         def start_writer(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
-            return DbWriterActor.start(parent, "writer", s, self.dsn, self.health, self._fatal, self.owner)
+            return DbWriterActor.start(parent, name="writer", settings=s, dsn=self.dsn, health=self.health,
+                                       on_fatal=self._fatal, owner=self.owner)
 
         def start_pool(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
             limiter, writer = sib["limiter"], sib["writer"]
 
             def poller_spec(i: int) -> ChildSpec:
                 def start(pool: pykka.ActorRef[Any], _s: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
-                    return WalletPollerActor.start(pool, f"poller-{i}", i, pollers, ctx, limiter, writer)
+                    return WalletPollerActor.start(pool, name=f"poller-{i}", index=i, count=pollers, ctx=ctx,
+                                                   limiter=limiter, writer=writer)
                 return ChildSpec(f"poller-{i}", start, stop_timeout=3.0)
 
-            return Supervisor.start("pool", [poller_spec(i) for i in range(pollers)], "one_for_one",
-                                    sup.max_restarts, sup.period_seconds, sup.liveness_interval_seconds,
-                                    supervisor=parent)
+            return Supervisor.start("pool", specs=[poller_spec(i) for i in range(pollers)], strategy="one_for_one",
+                                    max_restarts=sup.max_restarts, period_seconds=sup.period_seconds,
+                                    liveness_interval_seconds=sup.liveness_interval_seconds, supervisor=parent)
 
         writer_stop = max(2.0, s.shutdown_timeout_seconds - 2.0)
         return [ChildSpec("limiter", start_limiter), ChildSpec("writer", start_writer, stop_timeout=writer_stop),
@@ -107,8 +109,9 @@ class ActorSystem:
 
     def start(self) -> None:
         sup = self.settings.supervision
-        self.root = Supervisor.start("root", self._specs(), "rest_for_one", sup.max_restarts, sup.period_seconds,
-                                     sup.liveness_interval_seconds, on_give_up=self._give_up)
+        self.root = Supervisor.start("root", specs=self._specs(), strategy="rest_for_one",
+                                     max_restarts=sup.max_restarts, period_seconds=sup.period_seconds,
+                                     liveness_interval_seconds=sup.liveness_interval_seconds, on_give_up=self._give_up)
         self.health.polling_started()
 
     def stop(self) -> None:

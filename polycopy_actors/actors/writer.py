@@ -31,7 +31,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from polycopy_actors.actors.messages import (
     AcquireLeases,
-    Crash,
     FlushTick,
     LoadState,
     PollResult,
@@ -57,8 +56,8 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], name: str, settings: Settings, dsn: str,
-                 health: HealthState, on_fatal: Callable[[int, str], None], owner: str = "") -> None:
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, settings: Settings, dsn: str,
+                 health: HealthState, on_fatal: Callable[[int, str], None], owner: str) -> None:
         super().__init__()
         #: This process's lease owner name (fencing of position and close rows).
         self.owner = owner
@@ -101,7 +100,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
         if self.pool is not None:
             self.pool.close(timeout=2)
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if isinstance(message, PollResult):
             self.buffer.add(message)
             if len(self.buffer) >= self.settings.writer.batch_max_rows and time.monotonic() >= self.retry_at:
@@ -148,8 +147,6 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
                 log.warning("could not release %d wallet leases (%s); they expire by themselves",
                             len(message.wallets), exc)
             return None
-        if isinstance(message, Crash):
-            raise RuntimeError(message.reason)
         return None
 
     def _reclaim_dead_local_owners(self, conn: Any) -> None:

@@ -9,23 +9,13 @@ import psycopg
 
 from polycopy_actors.db import queries
 
-COLD_SWEEP_JOB = "cold_sweep"
-
 
 def collect_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     now = datetime.now(UTC)
     tiers: dict[str, Any] = {}
     for tier in ("hot", "cold"):
         wallets = queries.tier_wallets(conn, tier)
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE last_polled_at > now() - interval '1 minute'), "
-            "count(*) FILTER (WHERE last_polled_at > now() - interval '1 hour'), "
-            "min(last_trade_at), max(last_polled_at), "
-            "count(*) FILTER (WHERE consecutive_errors > 0), coalesce(sum(consecutive_errors), 0) "
-            "FROM wallet_poll_state WHERE wallet = ANY(%s)",
-            (wallets,),
-        ).fetchone()
-        assert row is not None
+        row = queries.poll_summary(conn, wallets)
         tiers[tier] = {
             "wallets": len(wallets),
             "polled_last_minute": row[0],
@@ -35,24 +25,11 @@ def collect_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
             "wallets_failing": row[4],
             "consecutive_errors": int(row[5]),
         }
-    holder = queries.lock_holder(conn, COLD_SWEEP_JOB)
+    holder = queries.lock_holder(conn, queries.COLD_SWEEP_JOB)
     tiers["cold"]["lock_holder"] = {"owner": holder[0], "until": holder[1]} if holder else None
-    sweep = conn.execute(
-        "SELECT to_regclass('cold_sweeps') IS NOT NULL"
-    ).fetchone()
-    last_sweep = None
-    if sweep and sweep[0]:
-        r = conn.execute(
-            "SELECT started_at, finished_at, wallets FROM cold_sweeps ORDER BY started_at DESC LIMIT 1"
-        ).fetchone()
-        if r:
-            last_sweep = {"started_at": r[0], "finished_at": r[1], "wallets": r[2]}
-    tiers["cold"]["last_sweep"] = last_sweep
-    counts = conn.execute(
-        "SELECT (SELECT count(*) FROM trades_public), (SELECT count(*) FROM positions_current), "
-        "(SELECT count(*) FROM positions_closed)"
-    ).fetchone()
-    assert counts is not None
+    r = queries.last_cold_sweep(conn)
+    tiers["cold"]["last_sweep"] = {"started_at": r[0], "finished_at": r[1], "wallets": r[2]} if r else None
+    counts = queries.row_counts(conn)
     return {
         "now": now,
         "tiers": tiers,

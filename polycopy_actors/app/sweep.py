@@ -34,7 +34,7 @@ from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
-SWEEP_JOB = "cold_sweep"
+SWEEP_JOB = queries.COLD_SWEEP_JOB
 
 
 class PassRunner(Protocol):
@@ -84,27 +84,17 @@ class LockLease:
         """Take the lock; on success open this sweep's ``cold_sweeps`` row."""
         t0 = time.monotonic()
         with self._conn() as conn, conn.transaction():
-            row = conn.execute("SELECT acquire_job_lock(%s, %s, %s)", (SWEEP_JOB, self.owner, self.ttl)).fetchone()
-            if not (row and row[0]):
-                return False
-            rec = conn.execute(
-                "INSERT INTO cold_sweeps (owner, lock_until) SELECT %s, locked_until FROM job_locks "
-                "WHERE job_name = %s AND locked_by = %s RETURNING id, started_at",
-                (self.owner, SWEEP_JOB, self.owner),
-            ).fetchone()
-        assert rec is not None
-        self.sweep_id, self.started_at = rec[0], rec[1]
+            rec = queries.take_sweep_lock(conn, SWEEP_JOB, self.owner, self.ttl)
+        if rec is None:
+            return False
+        self.sweep_id, self.started_at = rec
         self._granted(t0)
         return True
 
     def holder(self) -> tuple[str, datetime, float] | None:
         """(owner, locked_until, seconds left) of a live lock, or None."""
         with self._conn() as conn:
-            row = conn.execute(
-                "SELECT locked_by, locked_until, extract(epoch FROM locked_until - clock_timestamp())::float8 "
-                "FROM job_locks WHERE job_name = %s AND locked_until > clock_timestamp()", (SWEEP_JOB,),
-            ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
+            return queries.lock_holder(conn, SWEEP_JOB)
 
     def keep(self) -> bool:
         """Renew when due. False when the lock was lost, or could not be renewed and is about to run
@@ -114,15 +104,7 @@ class LockLease:
             return True
         try:
             with self._conn() as conn, conn.transaction():
-                row = conn.execute("SELECT acquire_job_lock(%s, %s, %s)",
-                                   (SWEEP_JOB, self.owner, self.ttl)).fetchone()
-                ok = bool(row and row[0])
-                if ok:
-                    conn.execute(
-                        "UPDATE cold_sweeps SET lock_until = (SELECT locked_until FROM job_locks "
-                        "WHERE job_name = %s AND locked_by = %s) WHERE id = %s",
-                        (SWEEP_JOB, self.owner, self.sweep_id),
-                    )
+                ok = queries.renew_sweep_lock(conn, SWEEP_JOB, self.owner, self.ttl, self.sweep_id)
         except (ExitError, psycopg.Error) as exc:
             reason = exc.message if isinstance(exc, ExitError) else scrub(str(exc).strip(), self.dsn)
             left = self.valid_until - now
@@ -143,11 +125,7 @@ class LockLease:
     def finish(self, outcome: str, wallets: int | None) -> None:
         """Close the sweep's row, then release the lock, in one transaction."""
         with self._conn() as conn, conn.transaction():
-            conn.execute(
-                "UPDATE cold_sweeps SET finished_at = clock_timestamp(), outcome = %s, wallets = %s WHERE id = %s",
-                (outcome, wallets, self.sweep_id),
-            )
-            conn.execute("SELECT release_job_lock(%s, %s)", (SWEEP_JOB, self.owner))
+            queries.finish_sweep(conn, SWEEP_JOB, self.owner, self.sweep_id, outcome, wallets)
         self.sweep_id = None
 
 
@@ -170,21 +148,14 @@ class SweepLoop:
     def _seconds_to_slot(self) -> float:
         """Until the next slot: the last completed sweep's start + interval + jitter (DB clock)."""
         with connect(self.dsn, self.settings) as conn:
-            row = conn.execute(
-                "SELECT extract(epoch FROM max(started_at) + make_interval(secs => %s) - clock_timestamp())::float8 "
-                "FROM cold_sweeps WHERE outcome = 'completed'", (self.ts.sweep_interval_seconds,),
-            ).fetchone()
-        base = row[0] if row and row[0] is not None else 0.0
+            left = queries.seconds_to_next_sweep(conn, self.ts.sweep_interval_seconds)
+        base = left if left is not None else 0.0
         return max(0.0, base) + self.rng.uniform(0, self.ts.jitter_seconds)
 
     def _swept_wallets(self, since: datetime) -> int | None:
         try:
             with connect(self.dsn, self.settings) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM wallet_poll_state WHERE tier = %s AND last_polled_at >= %s",
-                    (self.tier, since),
-                ).fetchone()
-            return int(row[0]) if row else None
+                return queries.wallets_polled_since(conn, self.tier, since)
         except ExitError:
             return None
 

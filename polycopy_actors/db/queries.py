@@ -66,9 +66,7 @@ def deactivate_traders(conn: Conn, wallets: list[str]) -> int:
 
 def hot_wallets(conn: Conn) -> list[str]:
     """The hot tier: followed wallets plus wallets set to tier 'hot'."""
-    rows = conn.execute(
-        "SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot' ORDER BY 1"
-    ).fetchall()
+    rows = conn.execute("SELECT wallet FROM hot_wallets ORDER BY 1").fetchall()
     return [r[0] for r in rows]
 
 
@@ -120,11 +118,11 @@ def followed_markets(conn: Conn, limit: int) -> list[str]:
     rows = conn.execute(
         "SELECT condition_id FROM ("
         "  SELECT condition_id, max(updated_at) AS seen FROM positions_current p "
-        "  WHERE p.wallet IN (SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot')"
+        "  WHERE p.wallet IN (SELECT wallet FROM hot_wallets)"
         "  GROUP BY condition_id"
         "  UNION ALL"
         "  SELECT condition_id, max(traded_at) FROM trades_public t "
-        "  WHERE t.wallet IN (SELECT wallet FROM follows UNION SELECT wallet FROM wallet_poll_state WHERE tier = 'hot')"
+        "  WHERE t.wallet IN (SELECT wallet FROM hot_wallets)"
         "  AND t.traded_at > now() - interval '30 days' GROUP BY condition_id"
         ") m GROUP BY condition_id ORDER BY max(seen) DESC LIMIT %s",
         (limit,),
@@ -224,9 +222,103 @@ def release_leases(conn: Conn, owner: str, wallets: list[str] | None = None) -> 
         return cur.rowcount
 
 
-def lock_holder(conn: Conn, job_name: str) -> tuple[str, datetime] | None:
+def lock_holder(conn: Conn, job_name: str) -> tuple[str, datetime, float] | None:
+    """(owner, locked until, seconds left) of a live job lock, or None."""
     row = conn.execute(
-        "SELECT locked_by, locked_until FROM job_locks WHERE job_name = %s AND locked_until > clock_timestamp()",
+        "SELECT locked_by, locked_until, extract(epoch FROM locked_until - clock_timestamp())::float8 "
+        "FROM job_locks WHERE job_name = %s AND locked_until > clock_timestamp()",
         (job_name,),
     ).fetchone()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
+
+
+# --- cold sweeps (the sweep loop, in one transaction each where it says so) ------------------------
+
+#: The cold tier's job lock (``job_locks.job_name``).
+COLD_SWEEP_JOB = "cold_sweep"
+
+
+def take_sweep_lock(conn: Conn, job_name: str, owner: str, ttl_seconds: int) -> tuple[int, datetime] | None:
+    """Take the job lock and open the sweep's ``cold_sweeps`` row (caller's transaction); returns
+    (sweep id, started at), or None when another owner holds the lock."""
+    row = conn.execute("SELECT acquire_job_lock(%s, %s, %s)", (job_name, owner, ttl_seconds)).fetchone()
+    if not (row and row[0]):
+        return None
+    rec = conn.execute(
+        "INSERT INTO cold_sweeps (owner, lock_until) SELECT %s, locked_until FROM job_locks "
+        "WHERE job_name = %s AND locked_by = %s RETURNING id, started_at",
+        (owner, job_name, owner),
+    ).fetchone()
+    assert rec is not None
+    return rec[0], rec[1]
+
+
+def renew_sweep_lock(conn: Conn, job_name: str, owner: str, ttl_seconds: int, sweep_id: int | None) -> bool:
+    """Renew the lock and carry its new end into the sweep's row (caller's transaction); False: lost."""
+    row = conn.execute("SELECT acquire_job_lock(%s, %s, %s)", (job_name, owner, ttl_seconds)).fetchone()
+    if not (row and row[0]):
+        return False
+    conn.execute(
+        "UPDATE cold_sweeps SET lock_until = (SELECT locked_until FROM job_locks "
+        "WHERE job_name = %s AND locked_by = %s) WHERE id = %s",
+        (job_name, owner, sweep_id),
+    )
+    return True
+
+
+def finish_sweep(conn: Conn, job_name: str, owner: str, sweep_id: int | None, outcome: str,
+                 wallets: int | None) -> None:
+    """Close the sweep's row and release the lock (caller's transaction)."""
+    conn.execute("UPDATE cold_sweeps SET finished_at = clock_timestamp(), outcome = %s, wallets = %s WHERE id = %s",
+                 (outcome, wallets, sweep_id))
+    conn.execute("SELECT release_job_lock(%s, %s)", (job_name, owner))
+
+
+def seconds_to_next_sweep(conn: Conn, interval_seconds: float) -> float | None:
+    """The last completed sweep's start + interval - now (database clock); None before the first."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM max(started_at) + make_interval(secs => %s) - clock_timestamp())::float8 "
+        "FROM cold_sweeps WHERE outcome = 'completed'", (interval_seconds,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def wallets_polled_since(conn: Conn, tier: str, since: datetime) -> int:
+    row = conn.execute("SELECT count(*) FROM wallet_poll_state WHERE tier = %s AND last_polled_at >= %s",
+                       (tier, since)).fetchone()
+    return int(row[0]) if row else 0
+
+
+# --- status ------------------------------------------------------------------------------------
+
+def poll_summary(conn: Conn, wallets: list[str]) -> tuple[Any, ...]:
+    """(polled in the last minute, polled in the last hour, oldest watermark, last poll, wallets
+    failing, consecutive errors) of these wallets."""
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE last_polled_at > now() - interval '1 minute'), "
+        "count(*) FILTER (WHERE last_polled_at > now() - interval '1 hour'), "
+        "min(last_trade_at), max(last_polled_at), "
+        "count(*) FILTER (WHERE consecutive_errors > 0), coalesce(sum(consecutive_errors), 0) "
+        "FROM wallet_poll_state WHERE wallet = ANY(%s)",
+        (wallets,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def last_cold_sweep(conn: Conn) -> tuple[datetime, datetime | None, int | None] | None:
+    """(started at, finished at, wallets) of the latest sweep (None: none yet, or no such table)."""
+    exists = conn.execute("SELECT to_regclass('cold_sweeps') IS NOT NULL").fetchone()
+    if not (exists and exists[0]):
+        return None
+    row = conn.execute("SELECT started_at, finished_at, wallets FROM cold_sweeps ORDER BY started_at DESC LIMIT 1"
+                       ).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def row_counts(conn: Conn) -> tuple[int, int, int]:
+    """Rows of trades_public, positions_current and positions_closed."""
+    row = conn.execute("SELECT (SELECT count(*) FROM trades_public), (SELECT count(*) FROM positions_current), "
+                       "(SELECT count(*) FROM positions_closed)").fetchone()
+    assert row is not None
+    return row[0], row[1], row[2]
