@@ -141,13 +141,18 @@ def truth_closes(world: World, wallets: list[str]) -> Counter:
     return Counter((c.wallet, c.asset, c.reason) for c in world.closes if c.wallet in wallets)
 
 
-def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = True) -> bool:
-    """Database == ground truth. Closes count from when the wallet was first polled: positions opened
-    and closed before then were never visible to anyone polling."""
+def tracked_closes(world: World, wallets: list[str]) -> Counter:
+    """The ground truth's closes since :func:`track_from_now` (all of them without it): positions
+    opened and closed before the wallets were first polled were never visible to anyone polling."""
     with world.lock:
-        t, p = truth_trades(world, wallets), truth_positions(world, wallets)
-        c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
-                    if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
+        return Counter((x.wallet, x.asset, x.reason) for x in world.closes
+                       if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
+
+
+def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = True) -> bool:
+    """Database == ground truth (closes: :func:`tracked_closes`)."""
+    with world.lock:
+        t, p, c = truth_trades(world, wallets), truth_positions(world, wallets), tracked_closes(world, wallets)
     got = db_closes(dsn, wallets)
     # With a world stepping faster than the polls, a position can open and close between two polls:
     # nobody polling can see that one, so then every close written must be a true one.
@@ -158,9 +163,7 @@ def converged(dsn: str, world: World, wallets: list[str], exact_closes: bool = T
 def report(dsn: str, world: World, wallets: list[str]) -> str:
     """What differs between the database and the ground truth (for assertion messages)."""
     with world.lock:
-        t, p = truth_trades(world, wallets), truth_positions(world, wallets)
-        c = Counter((x.wallet, x.asset, x.reason) for x in world.closes
-                    if x.wallet in wallets and x.seq > getattr(world, "tracking_from", 0))
+        t, p, c = truth_trades(world, wallets), truth_positions(world, wallets), tracked_closes(world, wallets)
     dt, dp, dc = db_trades(dsn, wallets), db_positions(dsn, wallets), db_closes(dsn, wallets)
     extra = dc - c
     truth_of_extra = [(x.reason, x.opened_at, x.closed_at) for x in world.closes for k in extra

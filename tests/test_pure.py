@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from polycopy_actors.api.client import Rejected
 from polycopy_actors.api.models import (
     MalformedItem,
     Position,
@@ -20,6 +19,7 @@ from polycopy_actors.api.models import (
     parse_market,
     parse_position,
 )
+from polycopy_actors.api.transport import Rejected
 from polycopy_actors.logic.bucket import TokenBucket
 from polycopy_actors.logic.reconcile import (
     Held,

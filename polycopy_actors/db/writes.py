@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from polycopy_actors.api.client import Rejected
 from polycopy_actors.api.models import Trade
+from polycopy_actors.api.transport import Rejected
 from polycopy_actors.logic.poll_result import PollResult
 from polycopy_actors.logic.reconcile import Close, Held
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from polycopy_actors.api.client import Rejected
 from polycopy_actors.api.models import Trade
+from polycopy_actors.api.transport import Rejected
 from polycopy_actors.logic.reconcile import Close, Held
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from polycopy_actors.api.client import Rejected
 from polycopy_actors.api.models import Position, Trade
+from polycopy_actors.api.transport import Rejected
 from polycopy_actors.logic.reconcile import Close, Diff, Held
 
 #: Longest back-off of one kind of read (positions, close evidence) after repeated failures.

@@ -1,0 +1,137 @@
+"""The data API v1 (a fallback; its routes may be retired): bare JSON arrays, camelCase rows,
+``limit``/``offset`` paging with documented caps.
+
+``/trades`` is read as one page of its maximum size, never by offset (offset paging while fills arrive
+shifts rows across pages and would give one fill two ids); deeper history continues through
+``/activity`` windows whose ``end`` lies in the past. Used through
+:class:`~polycopy_actors.api.client.PolymarketClient`.
+"""
+
+from __future__ import annotations
+
+from polycopy_actors.api.models import (
+    Activity,
+    ClosedPosition,
+    Position,
+    RawFill,
+    parse_activity,
+    parse_closed_position,
+    parse_fill,
+    parse_position,
+)
+from polycopy_actors.api.transport import ApiError, Read, Transport, json_list
+
+# Documented caps (../shared/polymarket-api.md).
+V1_TRADES_LIMIT_MAX = 10_000
+V1_ACTIVITY_LIMIT_MAX = 500
+V1_ACTIVITY_OFFSET_MAX = 5_000
+V1_POSITIONS_LIMIT_MAX = 500
+V1_POSITIONS_OFFSET_MAX = 10_000
+
+
+class DataApiV1:
+    """Data API v1 reads (the :class:`~polycopy_actors.api.client.DataApi` interface)."""
+
+    version = "v1"
+
+    def __init__(self, transport: Transport) -> None:
+        self.t = transport
+
+    def fills(self, wallet: str, start: int) -> Read[RawFill]:
+        """v1 is a fallback: one ``/trades`` page of its maximum size, newest first (offset paging while
+        fills arrive shifts rows across page boundaries and would give one fill two ids); a wallet with
+        more fills since ``start`` continues through ``/activity`` windows, whose fixed ``end`` lies in the
+        past, so new fills never shift them."""
+        out: Read[RawFill] = Read()
+        body = json_list(self.t.get_fresh(self.t.api.data_api_url, "/trades",
+                                        {"user": wallet, "limit": V1_TRADES_LIMIT_MAX, "offset": 0,
+                                         "takerOnly": "false"}, "trades"))
+        self.t.parse_rows(body, parse_fill, "trades", wallet, out)
+        if len(body) < V1_TRADES_LIMIT_MAX or not out.items or min(f.timestamp for f in out.items) < start:
+            out.items = [f for f in out.items if f.timestamp >= start]
+            return out
+        # Deeper than one page: the oldest second of the page is read again, whole, by the windows.
+        oldest = min(f.timestamp for f in out.items)
+        out.items = [f for f in out.items if f.timestamp != oldest]
+        deeper = self._activity_fill_windows(wallet, start, oldest)
+        out.items += deeper.items
+        out.rejected += deeper.rejected
+        return out
+
+    def _activity_fill_windows(self, wallet: str, start: int, end: int) -> Read[RawFill]:
+        """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000)."""
+        limit = min(self.t.api.page_size, V1_ACTIVITY_LIMIT_MAX)
+        out: Read[RawFill] = Read()
+        while True:
+            window: Read[RawFill] = Read()
+            offset = 0
+            exhausted = False
+            while offset <= V1_ACTIVITY_OFFSET_MAX:
+                body = json_list(self.t.get_fresh(
+                    self.t.api.data_api_url, "/activity",
+                    {"user": wallet, "type": "TRADE", "start": start, "end": end, "limit": limit, "offset": offset},
+                    "activity",
+                ))
+                self.t.parse_rows(body, parse_fill, "activity", wallet, window)
+                if len(body) < limit:
+                    exhausted = True
+                    break
+                offset += limit
+            out.rejected += window.rejected
+            if exhausted:
+                out.items += window.items
+                return out
+            oldest = min(f.timestamp for f in window.items)
+            if oldest == end:
+                raise ApiError("incomplete", f"wallet {wallet}: more than {V1_ACTIVITY_OFFSET_MAX} fills in one second")
+            out.items += [f for f in window.items if f.timestamp != oldest]
+            end = oldest  # the next window re-reads that whole second
+
+    def positions(self, wallet: str) -> Read[Position]:
+        out: Read[Position] = Read()
+        offset = 0
+        while True:
+            if offset > V1_POSITIONS_OFFSET_MAX:
+                raise ApiError("incomplete", f"wallet {wallet}: more positions than /positions can list")
+            body = json_list(self.t.get_fresh(
+                self.t.api.data_api_url, "/positions",
+                {"user": wallet, "sizeThreshold": 0, "limit": V1_POSITIONS_LIMIT_MAX, "offset": offset},
+                "positions",
+            ))
+            self.t.parse_rows(body, parse_position, "positions", wallet, out)
+            if len(body) < V1_POSITIONS_LIMIT_MAX:
+                return out
+            offset += V1_POSITIONS_LIMIT_MAX
+
+    def closing_activity(self, wallet: str, since: int) -> Read[Activity]:
+        out: Read[Activity] = Read()
+        offset = 0
+        while offset <= V1_ACTIVITY_OFFSET_MAX:
+            body = json_list(self.t.get_fresh(
+                self.t.api.data_api_url, "/activity",
+                {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V1_ACTIVITY_LIMIT_MAX,
+                 "offset": offset}, "activity",
+            ))
+            self.t.parse_rows(body, parse_activity, "activity", wallet, out)
+            if len(body) < V1_ACTIVITY_LIMIT_MAX:
+                break
+            offset += V1_ACTIVITY_LIMIT_MAX
+        return out
+
+    def closed_positions(self, wallet: str, limit: int) -> Read[ClosedPosition]:
+        out: Read[ClosedPosition] = Read()
+        rows = json_list(self.t.get_fresh(self.t.api.data_api_url, "/closed-positions",
+                                          {"user": wallet, "limit": min(limit, 50)}, "closed_positions"))
+        self.t.parse_rows(rows, parse_closed_position, "closed_positions", wallet, out)
+        return out
+
+    def market_fills(self, chunk: str, max_rows: int) -> Read[RawFill]:
+        out: Read[RawFill] = Read()
+        rows = json_list(self.t.get_fresh(self.t.api.data_api_url, "/trades",
+                                          {"market": chunk, "limit": min(max_rows, V1_TRADES_LIMIT_MAX),
+                                           "takerOnly": "false"}, "trades"))
+        self.t.parse_rows(rows, parse_fill, "trades", "-", out)
+        return out
+
+    def api_lag(self) -> float:
+        raise ApiError("client", "the data API v1 has no /v2/status")
