@@ -35,7 +35,7 @@ from decimal import Decimal
 import pytest
 import requests
 
-from polycopy_actors.api.client import ApiError, PolymarketClient
+from polycopy_actors.api.client import ApiError, PolymarketClient, Transport
 from polycopy_actors.observe import metrics
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
 from polycopy_actors.simulator.server import LIVE_CDN_SECONDS
@@ -152,7 +152,8 @@ def test_429_is_honoured_without_a_request_storm():
     sim = Simulator(world, SimConfig(limits={"data": 10_000, "/v2/trades": 4}, max_delay_seconds=0.05)).start()
     throttled: list[float] = []
     try:
-        client = PolymarketClient(fast_settings(sim, api={"max_retries": 6}).api, on_rate_limited=throttled.append)
+        api = fast_settings(sim, api={"max_retries": 6}).api
+        client = PolymarketClient(api, Transport(api, on_rate_limited=throttled.append))
         for _ in range(8):
             client.trades_since(world.wallets[0], None)
         stats = sim.log.snapshot()

@@ -39,7 +39,7 @@ from polycopy_actors.actors.messages import (
     TradeEvidence,
 )
 from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped
+from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped, Transport
 from polycopy_actors.api.models import Trade
 from polycopy_actors.api.wallets import shard_of
 from polycopy_actors.logic.reconcile import Close, Diff, Held, classify, diff_positions, explain
@@ -87,8 +87,9 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
     # --- life cycle -------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.client = PolymarketClient(self.ctx.settings.api, acquire=self._acquire, on_rate_limited=self._throttle,
-                                       stop_event=self.ctx.stopping)
+        api = self.ctx.settings.api
+        self.client = PolymarketClient(api, Transport(api, acquire=self._acquire, on_rate_limited=self._throttle,
+                                                      stop_event=self.ctx.stopping))
         self.actor_ref.tell(Tick())
 
     def on_stop(self) -> None:

@@ -5,7 +5,8 @@ addresses."""
 from polycopy_actors._exports import lazy
 
 __all__, __getattr__ = lazy(__name__, {
-    "client": ["DataApi", "PolymarketClient"],
+    "client": ["PolymarketClient"],
+    "data": ["DataApi"],
     "transport": ["ApiError", "Read", "Rejected", "StaleAnswer", "Stopped", "Transport"],
     "models": ["Activity", "ClosedPosition", "MalformedItem", "Market", "Position", "RawFill", "Trade",
                "assign_trade_ids", "parse_activity", "parse_closed_position", "parse_fill", "parse_market",

@@ -8,16 +8,13 @@ the same trade ids.
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
 
+from polycopy_actors.api.data import DataApi
 from polycopy_actors.api.data_v1 import DataApiV1
 from polycopy_actors.api.data_v2 import DataApiV2
 from polycopy_actors.api.gamma import Gamma
-from polycopy_actors.api.models import Activity, ClosedPosition, Position, RawFill, Trade, assign_trade_ids
+from polycopy_actors.api.models import Activity, ClosedPosition, Position, Trade, assign_trade_ids
 from polycopy_actors.api.transport import (
     ApiError,
     Read,
@@ -25,40 +22,19 @@ from polycopy_actors.api.transport import (
     StaleAnswer,
     Stopped,
     Transport,
-    no_acquire,
-    no_throttle,
 )
 from polycopy_actors.config import ApiSettings
 
-__all__ = ["ApiError", "DataApi", "PolymarketClient", "Read", "Rejected", "StaleAnswer", "Stopped"]
-
-
-class DataApi(Protocol):
-    """What each data-API version answers (rows of other wallets are left to the caller to drop)."""
-
-    version: str
-
-    def fills(self, wallet: str, start: int) -> Read[RawFill]: ...
-    def positions(self, wallet: str) -> Read[Position]: ...
-    def closing_activity(self, wallet: str, since: int) -> Read[Activity]: ...
-    def closed_positions(self, wallet: str, limit: int) -> Read[ClosedPosition]: ...
-    def market_fills(self, chunk: str, max_rows: int) -> Read[RawFill]: ...
-    def api_lag(self) -> float: ...
+__all__ = ["ApiError", "DataApi", "PolymarketClient", "Transport", "Read", "Rejected", "StaleAnswer", "Stopped"]
 
 
 class PolymarketClient:
     """See the module docstring. Not thread-safe: one per poller."""
 
-    def __init__(
-        self,
-        api: ApiSettings,
-        acquire: Callable[[str], None] = no_acquire,
-        on_rate_limited: Callable[[float], None] = no_throttle,
-        stop_event: threading.Event | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, api: ApiSettings, transport: Transport | None = None) -> None:
+        """``transport``: one with the owner's rate limiter and stop event (default: a bare one)."""
         self.api = api
-        self.transport = Transport(api, acquire, on_rate_limited, stop_event, rng)
+        self.transport = transport or Transport(api)
         self.data: DataApi = DataApiV2(self.transport) if api.data_api_version == "v2" else DataApiV1(self.transport)
         self.gamma = Gamma(self.transport)
 

@@ -9,6 +9,7 @@ shifts rows across pages and would give one fill two ids); deeper history contin
 
 from __future__ import annotations
 
+from polycopy_actors.api.data import DataApi
 from polycopy_actors.api.models import (
     Activity,
     ClosedPosition,
@@ -19,7 +20,7 @@ from polycopy_actors.api.models import (
     parse_fill,
     parse_position,
 )
-from polycopy_actors.api.transport import ApiError, Read, Transport, json_list
+from polycopy_actors.api.transport import ApiError, Read, json_list
 
 # Documented caps (../shared/polymarket-api.md).
 V1_TRADES_LIMIT_MAX = 10_000
@@ -29,13 +30,10 @@ V1_POSITIONS_LIMIT_MAX = 500
 V1_POSITIONS_OFFSET_MAX = 10_000
 
 
-class DataApiV1:
-    """Data API v1 reads (the :class:`~polycopy_actors.api.client.DataApi` interface)."""
+class DataApiV1(DataApi):
+    """Data API v1 reads (see :class:`~polycopy_actors.api.data.DataApi`)."""
 
     version = "v1"
-
-    def __init__(self, transport: Transport) -> None:
-        self.t = transport
 
     def fills(self, wallet: str, start: int) -> Read[RawFill]:
         """v1 is a fallback: one ``/trades`` page of its maximum size, newest first (offset paging while

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from polycopy_actors.api.data import DataApi
 from polycopy_actors.api.models import (
     Activity,
     ClosedPosition,
@@ -22,7 +23,7 @@ from polycopy_actors.api.models import (
     parse_fill,
     parse_position,
 )
-from polycopy_actors.api.transport import ApiError, Read, StaleAnswer, Transport
+from polycopy_actors.api.transport import ApiError, Read, StaleAnswer
 
 T = TypeVar("T")
 V2_LIMIT_MAX = 1_000
@@ -30,13 +31,10 @@ V2_LIMIT_MAX = 1_000
 CACHE_BUST_AHEAD_SECONDS = 86_400
 
 
-class DataApiV2:
-    """Data API v2 reads (the :class:`~polycopy_actors.api.client.DataApi` interface)."""
+class DataApiV2(DataApi):
+    """Data API v2 reads (see :class:`~polycopy_actors.api.data.DataApi`)."""
 
     version = "v2"
-
-    def __init__(self, transport: Transport) -> None:
-        self.t = transport
 
     def _bust(self) -> int:
         """``end`` of a v2 user walk: far enough ahead to filter nothing, different for every walk (a CDN

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from polycopy_actors.actors.tree import ActorSystem
-from polycopy_actors.api.client import ApiError, PolymarketClient
+from polycopy_actors.api.client import ApiError, PolymarketClient, Transport
 from polycopy_actors.app.shards import ShardSet
 from polycopy_actors.app.sweep import PassRunner, SweepLoop, discover_traders
 from polycopy_actors.config import Settings
@@ -73,7 +73,8 @@ def _discovery(settings: Settings, tier: str, dsn: str) -> Callable[[], None] | 
     bucket = TokenBucket(rate.requests_per_second, rate.burst, time.monotonic())
 
     def discover() -> None:
-        client = PolymarketClient(settings.api, acquire=lambda endpoint: time.sleep(bucket.reserve(time.monotonic())))
+        client = PolymarketClient(settings.api, Transport(
+            settings.api, acquire=lambda endpoint: time.sleep(bucket.reserve(time.monotonic()))))
         try:
             discover_traders(settings, dsn, client)
         except ApiError as exc:
