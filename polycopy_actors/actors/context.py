@@ -8,7 +8,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+import pykka
+
+from polycopy_actors.actors.messages import ASK_TIMEOUT_SECONDS, Acquire, Throttle
+from polycopy_actors.api.transport import Stopped, Transport
 from polycopy_actors.config import Settings, TierSettings
 from polycopy_actors.observe import HealthState
 
@@ -120,3 +125,19 @@ class TierContext:
     @property
     def tier_settings(self) -> TierSettings:
         return self.settings.tier(self.tier)
+
+
+def limited_transport(ctx: TierContext, limiter: pykka.ActorRef[Any]) -> Transport:
+    """A transport for an actor of the tier: every request first asks the RateLimiter (with a timeout),
+    waits what it says unless the process is stopping, and is counted; a 429 slows the whole tier."""
+
+    def acquire(endpoint: str) -> None:
+        ctx.stats.request()
+        wait = limiter.ask(Acquire(), timeout=ASK_TIMEOUT_SECONDS)
+        if wait > 0 and ctx.stopping.wait(wait):
+            raise Stopped()
+
+    def throttle(seconds: float) -> None:
+        limiter.tell(Throttle(seconds))
+
+    return Transport(ctx.settings.api, acquire=acquire, on_rate_limited=throttle, stop_event=ctx.stopping)

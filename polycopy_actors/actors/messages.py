@@ -13,7 +13,7 @@ from polycopy_actors.logic.poll_result import PollResult
 
 __all__ = [
     "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "FlushTick", "LoadState", "PollResult",
-    "ReleaseLeases", "LivenessCheck", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence",
+    "ReleaseLeases", "LivenessCheck", "StatusTick", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence",
 ]
 
 #: Timeout of every ``ask`` (an actor never blocks on another without one).
@@ -58,6 +58,11 @@ class Throttle:
 @dataclass(frozen=True)
 class Tick:
     """A poller's "look at your schedule" (it tells itself)."""
+
+
+@dataclass(frozen=True)
+class StatusTick:
+    """The ApiLagMonitor's periodic read of ``/v2/status``."""
 
 
 @dataclass(frozen=True)

@@ -25,21 +25,19 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.context import TierContext
+from polycopy_actors.actors.context import TierContext, limited_transport
 from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
-    Acquire,
     AcquireLeases,
     LoadState,
     PollResult,
     ReleaseLeases,
-    Throttle,
     Tick,
     TierWallets,
     TradeEvidence,
 )
 from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped, Transport
+from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped
 from polycopy_actors.api.models import Trade
 from polycopy_actors.api.wallets import shard_of
 from polycopy_actors.logic.reconcile import Close, Diff, Held, classify, diff_positions, explain
@@ -80,30 +78,18 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         #: Wallets another process holds (logged once each, until it lets them go).
         self.elsewhere: set[str] = set()
         self.next_refresh = 0.0
-        self.next_status = 0.0
         self.pass_pending: set[str] | None = None
         self.client: PolymarketClient | None = None
 
     # --- life cycle -------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        api = self.ctx.settings.api
-        self.client = PolymarketClient(api, Transport(api, acquire=self._acquire, on_rate_limited=self._throttle,
-                                                      stop_event=self.ctx.stopping))
+        self.client = PolymarketClient(self.ctx.settings.api, limited_transport(self.ctx, self.limiter))
         self.actor_ref.tell(Tick())
 
     def on_stop(self) -> None:
         if self.client is not None:
             self.client.close()
-
-    def _acquire(self, endpoint: str) -> None:
-        self.ctx.stats.request()
-        wait = self.limiter.ask(Acquire(), timeout=ASK_TIMEOUT_SECONDS)
-        if wait > 0 and self.ctx.stopping.wait(wait):
-            raise Stopped()
-
-    def _throttle(self, seconds: float) -> None:
-        self.limiter.tell(Throttle(seconds))
 
     # --- messages -----------------------------------------------------------------------------------
 
@@ -120,8 +106,6 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         now = time.monotonic()
         if now >= self.next_refresh:
             self._refresh(now)
-        if self.index == 0 and now >= self.next_status:
-            self._check_api_lag(now)
         wallet = self.schedule.pop_due(now)
         if wallet is not None:
             try:
@@ -197,27 +181,6 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.pass_pending = set(added)
             tracker.add(added)
         self._check_pass()
-
-    def _check_api_lag(self, now: float) -> None:
-        """Poller 0 only: the API's own lag (``/v2/status``). Trades shown later than the overlap
-        window behind a cursor would be read only by luck: say so."""
-        api = self.ctx.settings.api
-        if api.status_interval_seconds <= 0 or api.data_api_version != "v2" or self.client is None:
-            self.next_status = float("inf")
-            return
-        self.next_status = now + api.status_interval_seconds
-        try:
-            lag = self.client.api_lag()
-        except Stopped:
-            return
-        except ApiError as exc:
-            log.warning("could not read the API's lag from /v2/status: %s", exc)
-            return
-        metrics.API_LAG.set(lag)
-        if lag > api.overlap_seconds:
-            log.warning("the data API reports a serving lag of %.0f s, more than api.overlap_seconds (%d): "
-                        "late trades may fall behind the re-read window; raise api.overlap_seconds", lag,
-                        api.overlap_seconds)
 
     def _check_pass(self) -> None:
         if self.pass_pending is not None and not self.pass_pending and self.ctx.once is not None:

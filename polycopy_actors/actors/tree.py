@@ -1,6 +1,7 @@
 """One process's actor tree (DESIGN.md §2) and its run loop.
 
-``ActorSystem.run()`` starts RootSupervisor (rest_for_one: RateLimiter, DbWriter, PollerPool) and
+``ActorSystem.run()`` starts RootSupervisor (rest_for_one: RateLimiter, DbWriter, PollerPool, and with
+v2 the ApiLagMonitor) and
 waits until it is asked to stop, the supervisor gives up (exit 4), the writer gives up on the
 database (exit 3) or, with ``once``, every poller finished its pass. Then it stops the tree in
 reverse order (the writer flushes) within ``shutdown_timeout_seconds``.
@@ -22,6 +23,7 @@ import pykka
 
 from polycopy_actors.actors.context import PassTracker, RunStats, TierContext
 from polycopy_actors.actors.limiter import RateLimiterActor
+from polycopy_actors.actors.monitor import ApiLagMonitorActor
 from polycopy_actors.actors.poller import WalletPollerActor
 from polycopy_actors.actors.supervisor import ChildSpec, Supervisor
 from polycopy_actors.actors.writer import DbWriterActor
@@ -103,9 +105,15 @@ class ActorSystem:
                                     max_restarts=sup.max_restarts, period_seconds=sup.period_seconds,
                                     liveness_interval_seconds=sup.liveness_interval_seconds, supervisor=parent)
 
+        def start_monitor(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+            return ApiLagMonitorActor.start(parent, name="monitor", ctx=ctx, limiter=sib["limiter"])
+
         writer_stop = max(2.0, s.shutdown_timeout_seconds - 2.0)
-        return [ChildSpec("limiter", start_limiter), ChildSpec("writer", start_writer, stop_timeout=writer_stop),
-                ChildSpec("pool", start_pool, stop_timeout=4.0)]
+        specs = [ChildSpec("limiter", start_limiter), ChildSpec("writer", start_writer, stop_timeout=writer_stop),
+                 ChildSpec("pool", start_pool, stop_timeout=4.0)]
+        if s.api.data_api_version == "v2" and s.api.status_interval_seconds > 0:
+            specs.append(ChildSpec("monitor", start_monitor, stop_timeout=3.0))
+        return specs
 
     def start(self) -> None:
         sup = self.settings.supervision

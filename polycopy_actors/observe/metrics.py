@@ -92,7 +92,7 @@ def _initialise_label_sets() -> None:
         POSITIONS_CLOSED.labels(reason)
     for result in ("ok", "error"):
         DB_FLUSHES.labels(result)
-    for actor in ("limiter", "writer", "pool", "poller", "shard"):
+    for actor in ("limiter", "writer", "pool", "poller", "monitor", "shard"):
         ACTOR_RESTARTS.labels(actor)
 
 
