@@ -38,7 +38,7 @@ import requests
 from polycopy_actors.api.client import ApiError, PolymarketClient, Transport
 from polycopy_actors.observe import metrics
 from polycopy_actors.simulator import Faults, SimConfig, Simulator, World
-from polycopy_actors.simulator.server import LIVE_CDN_SECONDS
+from polycopy_actors.simulator.http import LIVE_CDN_SECONDS
 from tests.helpers import fast_settings, started_world
 
 

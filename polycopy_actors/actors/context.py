@@ -115,7 +115,8 @@ class TierContext:
     stats: RunStats
     shard_index: int = 0
     shard_count: int = 1
-    once: PassTracker | None = None
+    #: The pass of a sweep or ``--once`` run (None: a continuous run).
+    tracker: PassTracker | None = None
     #: A sweep resuming after a restart skips wallets polled since the sweep started.
     polled_before: datetime | None = None
     wallet_counts: WalletCounts = field(default_factory=WalletCounts)

@@ -70,8 +70,11 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         self.writer = writer
         ts = ctx.tier_settings
         self.rng = random.Random()
+        # A wallet never backs off longer than half the tier's health window: once the API answers
+        # again, the tier reads within the window and /healthz recovers.
         self.schedule = Schedule(ts.wallet_cooldown_seconds, ts.poll_interval_seconds.min,
-                                 ts.poll_interval_seconds.max, self.rng)
+                                 ts.poll_interval_seconds.max, self.rng,
+                                 max_backoff=min(60.0, ts.health_window_seconds / 2))
         self.states: dict[str, WalletState] = {}
         #: Until when (monotonic) the leases taken at the last refresh hold: no reconciling after it.
         self.lease_until = 0.0
@@ -131,7 +134,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         """Re-read the tier's wallets and renew their leases. In a pass (``--once``/sweep) only the first
         read adds wallets; later reads only drop those that left the tier (a cold trader followed
         meanwhile) or whose lease another process took."""
-        tracker = self.ctx.once
+        tracker = self.ctx.tracker
         first = not self.schedule.wallets() and self.pass_pending is None
         ts = self.ctx.tier_settings
         self.next_refresh = now + ts.refresh_interval_seconds
@@ -183,8 +186,8 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         self._check_pass()
 
     def _check_pass(self) -> None:
-        if self.pass_pending is not None and not self.pass_pending and self.ctx.once is not None:
-            self.ctx.once.finished(self.index)
+        if self.pass_pending is not None and not self.pass_pending and self.ctx.tracker is not None:
+            self.ctx.tracker.finished(self.index)
 
     # --- one poll -----------------------------------------------------------------------------------------
 
@@ -280,8 +283,8 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         recheck = st.recheck_at(self.ctx.settings.reconcile.close_grace_seconds) if positions_ok else None
         if reads_done and (recheck is None or st.pass_rechecks > limit + 1):
             self.pass_pending.discard(wallet)
-            if self.ctx.once is not None:
-                self.ctx.once.swept(wallet)
+            if self.ctx.tracker is not None:
+                self.ctx.tracker.swept(wallet)
             self.schedule.park(wallet)
             self._check_pass()
             return

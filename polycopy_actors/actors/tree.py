@@ -82,7 +82,7 @@ class ActorSystem:
         pollers = s.pollers.pool_size
         ctx = TierContext(settings=s, tier=self.tier, stopping=self.stopping, health=self.health, stats=self.stats,
                           shard_index=self.shard_index, shard_count=self.shard_count,
-                          once=self.tracker, polled_before=self.polled_before, owner=self.owner)
+                          tracker=self.tracker, polled_before=self.polled_before, owner=self.owner)
         sup = s.supervision
 
         def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
