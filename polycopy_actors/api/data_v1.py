@@ -9,17 +9,8 @@ shifts rows across pages and would give one fill two ids); deeper history contin
 
 from __future__ import annotations
 
+from polycopy_actors.api import models
 from polycopy_actors.api.data import DataApi
-from polycopy_actors.api.models import (
-    Activity,
-    ClosedPosition,
-    Position,
-    RawFill,
-    parse_activity,
-    parse_closed_position,
-    parse_fill,
-    parse_position,
-)
 from polycopy_actors.api.transport import ApiError, Read, json_list
 
 # Documented caps (../shared/polymarket-api.md).
@@ -35,16 +26,16 @@ class DataApiV1(DataApi):
 
     version = "v1"
 
-    def fills(self, wallet: str, start: int) -> Read[RawFill]:
+    def fills(self, wallet: str, start: int) -> Read[models.RawFill]:
         """v1 is a fallback: one ``/trades`` page of its maximum size, newest first (offset paging while
         fills arrive shifts rows across page boundaries and would give one fill two ids); a wallet with
         more fills since ``start`` continues through ``/activity`` windows, whose fixed ``end`` lies in the
         past, so new fills never shift them."""
-        out: Read[RawFill] = Read()
+        out: Read[models.RawFill] = Read()
         body = json_list(self.t.get_fresh(self.t.api.data_api_url, "/trades",
                                         {"user": wallet, "limit": V1_TRADES_LIMIT_MAX, "offset": 0,
                                          "takerOnly": "false"}, "trades"))
-        self.t.parse_rows(body, parse_fill, "trades", wallet, out)
+        self.t.parse_rows(body, models.parse_fill, "trades", wallet, out)
         if len(body) < V1_TRADES_LIMIT_MAX or not out.items or min(f.timestamp for f in out.items) < start:
             out.items = [f for f in out.items if f.timestamp >= start]
             return out
@@ -56,12 +47,12 @@ class DataApiV1(DataApi):
         out.rejected += deeper.rejected
         return out
 
-    def _activity_fill_windows(self, wallet: str, start: int, end: int) -> Read[RawFill]:
+    def _activity_fill_windows(self, wallet: str, start: int, end: int) -> Read[models.RawFill]:
         """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000)."""
         limit = min(self.t.api.page_size, V1_ACTIVITY_LIMIT_MAX)
-        out: Read[RawFill] = Read()
+        out: Read[models.RawFill] = Read()
         while True:
-            window: Read[RawFill] = Read()
+            window: Read[models.RawFill] = Read()
             offset = 0
             exhausted = False
             while offset <= V1_ACTIVITY_OFFSET_MAX:
@@ -70,7 +61,7 @@ class DataApiV1(DataApi):
                     {"user": wallet, "type": "TRADE", "start": start, "end": end, "limit": limit, "offset": offset},
                     "activity",
                 ))
-                self.t.parse_rows(body, parse_fill, "activity", wallet, window)
+                self.t.parse_rows(body, models.parse_fill, "activity", wallet, window)
                 if len(body) < limit:
                     exhausted = True
                     break
@@ -85,8 +76,8 @@ class DataApiV1(DataApi):
             out.items += [f for f in window.items if f.timestamp != oldest]
             end = oldest  # the next window re-reads that whole second
 
-    def positions(self, wallet: str) -> Read[Position]:
-        out: Read[Position] = Read()
+    def positions(self, wallet: str) -> Read[models.Position]:
+        out: Read[models.Position] = Read()
         offset = 0
         while True:
             if offset > V1_POSITIONS_OFFSET_MAX:
@@ -96,13 +87,13 @@ class DataApiV1(DataApi):
                 {"user": wallet, "sizeThreshold": 0, "limit": V1_POSITIONS_LIMIT_MAX, "offset": offset},
                 "positions",
             ))
-            self.t.parse_rows(body, parse_position, "positions", wallet, out)
+            self.t.parse_rows(body, models.parse_position, "positions", wallet, out)
             if len(body) < V1_POSITIONS_LIMIT_MAX:
                 return out
             offset += V1_POSITIONS_LIMIT_MAX
 
-    def closing_activity(self, wallet: str, since: int) -> Read[Activity]:
-        out: Read[Activity] = Read()
+    def closing_activity(self, wallet: str, since: int) -> Read[models.Activity]:
+        out: Read[models.Activity] = Read()
         offset = 0
         while offset <= V1_ACTIVITY_OFFSET_MAX:
             body = json_list(self.t.get_fresh(
@@ -110,25 +101,25 @@ class DataApiV1(DataApi):
                 {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V1_ACTIVITY_LIMIT_MAX,
                  "offset": offset}, "activity",
             ))
-            self.t.parse_rows(body, parse_activity, "activity", wallet, out)
+            self.t.parse_rows(body, models.parse_activity, "activity", wallet, out)
             if len(body) < V1_ACTIVITY_LIMIT_MAX:
                 break
             offset += V1_ACTIVITY_LIMIT_MAX
         return out
 
-    def closed_positions(self, wallet: str, limit: int) -> Read[ClosedPosition]:
-        out: Read[ClosedPosition] = Read()
+    def closed_positions(self, wallet: str, limit: int) -> Read[models.ClosedPosition]:
+        out: Read[models.ClosedPosition] = Read()
         rows = json_list(self.t.get_fresh(self.t.api.data_api_url, "/closed-positions",
                                           {"user": wallet, "limit": min(limit, 50)}, "closed_positions"))
-        self.t.parse_rows(rows, parse_closed_position, "closed_positions", wallet, out)
+        self.t.parse_rows(rows, models.parse_closed_position, "closed_positions", wallet, out)
         return out
 
-    def market_fills(self, chunk: str, max_rows: int) -> Read[RawFill]:
-        out: Read[RawFill] = Read()
+    def market_fills(self, chunk: str, max_rows: int) -> Read[models.RawFill]:
+        out: Read[models.RawFill] = Read()
         rows = json_list(self.t.get_fresh(self.t.api.data_api_url, "/trades",
                                           {"market": chunk, "limit": min(max_rows, V1_TRADES_LIMIT_MAX),
                                            "takerOnly": "false"}, "trades"))
-        self.t.parse_rows(rows, parse_fill, "trades", "-", out)
+        self.t.parse_rows(rows, models.parse_fill, "trades", "-", out)
         return out
 
     def api_lag(self) -> float:

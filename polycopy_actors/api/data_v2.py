@@ -12,17 +12,8 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from polycopy_actors.api import models
 from polycopy_actors.api.data import DataApi
-from polycopy_actors.api.models import (
-    Activity,
-    ClosedPosition,
-    Position,
-    RawFill,
-    parse_activity,
-    parse_closed_position,
-    parse_fill,
-    parse_position,
-)
 from polycopy_actors.api.transport import ApiError, Read, StaleAnswer
 
 T = TypeVar("T")
@@ -82,41 +73,41 @@ class DataApiV2(DataApi):
             if pages > 100_000:  # a cursor that never ends is a server bug, not a reason to loop forever
                 raise ApiError("malformed", f"GET {path}: more than 100000 pages")
 
-    def fills(self, wallet: str, start: int) -> Read[RawFill]:
+    def fills(self, wallet: str, start: int) -> Read[models.RawFill]:
         """Every fill of the wallet since ``start``, maker and taker."""
         params = {"user": wallet, "limit": min(self.t.api.page_size, V2_LIMIT_MAX), "taker_only": "false",
                   "start": start}
-        return self._v2_walk("/v2/trades", params, "trades", parse_fill, wallet)
+        return self._v2_walk("/v2/trades", params, "trades", models.parse_fill, wallet)
 
-    def positions(self, wallet: str) -> Read[Position]:
+    def positions(self, wallet: str) -> Read[models.Position]:
         """``filter_amount=0`` (the default hides positions under 0.1 share: a position sold down to 0.05
         would look closed), ``include_archived`` (archived markets' positions are still held), sorted by
         ``TIMESTAMP`` ascending: the default sort (current value) moves during a long walk."""
         params = {"user": wallet, "limit": V2_LIMIT_MAX, "filter_type": "TOKENS", "filter_amount": 0,
                   "include_archived": "true", "sort_by": "TIMESTAMP", "sort_direction": "ASC"}
-        return self._v2_walk("/v2/positions", params, "positions", parse_position, wallet)
+        return self._v2_walk("/v2/positions", params, "positions", models.parse_position, wallet)
 
-    def closing_activity(self, wallet: str, since: int) -> Read[Activity]:
+    def closing_activity(self, wallet: str, since: int) -> Read[models.Activity]:
         params = {"user": wallet, "type": "REDEEM,MERGE", "start": max(1, since), "limit": V2_LIMIT_MAX}
-        return self._v2_walk("/v2/activity", params, "activity", parse_activity, wallet)
+        return self._v2_walk("/v2/activity", params, "activity", models.parse_activity, wallet)
 
-    def closed_positions(self, wallet: str, limit: int) -> Read[ClosedPosition]:
+    def closed_positions(self, wallet: str, limit: int) -> Read[models.ClosedPosition]:
         body = self.t.get_fresh(self.t.api.data_api_url, "/v2/positions",
                                 {"user": wallet, "status": "CLOSED", "limit": limit, "end": self._bust()}, "positions")
-        out: Read[ClosedPosition] = Read()
-        self.t.parse_rows(body.get("data") if isinstance(body, dict) else None, parse_closed_position,
+        out: Read[models.ClosedPosition] = Read()
+        self.t.parse_rows(body.get("data") if isinstance(body, dict) else None, models.parse_closed_position,
                           "closed_positions", wallet, out)
         return out
 
-    def market_fills(self, chunk: str, max_rows: int) -> Read[RawFill]:
+    def market_fills(self, chunk: str, max_rows: int) -> Read[models.RawFill]:
         # No user, so no ``end``: a limit a few rows short gives the read a URL of its own.
         limit = max(1, min(max_rows, V2_LIMIT_MAX) - self.t.rng.randrange(9))
         body = self.t.get_fresh(self.t.api.data_api_url, "/v2/trades",
                                 {"condition": chunk, "limit": limit, "taker_only": "false"}, "trades")
         if not isinstance(body, dict):
             raise ApiError("malformed", "GET /v2/trades: expected a {data, pagination} envelope")
-        out: Read[RawFill] = Read()
-        self.t.parse_rows(body.get("data") or [], parse_fill, "trades", "-", out)
+        out: Read[models.RawFill] = Read()
+        self.t.parse_rows(body.get("data") or [], models.parse_fill, "trades", "-", out)
         return out
 
     def api_lag(self) -> float:
