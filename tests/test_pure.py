@@ -155,6 +155,8 @@ def test_sold_out_means_the_trades_after_the_last_sighting_took_the_seen_size_to
     # Merged in the snapshot's second, bought again, redeemed: the merge removed what was seen.
     assert r("272", 48, ((48, "BUY", "94"), (48, "BUY", "178"), (49, "BUY", "28")),
              ((48, "MERGE"), (49, "REDEEM"))) == "manual_close"
+    # A merge in the snapshot's own second came before the purchase it showed; the later REDEEM removed it.
+    assert r("186", 67, ((67, "BUY", "186"),), ((67, "MERGE"), (69, "REDEEM"))) == "redeemed"
     # A REDEEM before the snapshot's last event belonged to something else.
     assert r("10", 20, ((20, "BUY", "10"),), ((15, "REDEEM"),)) is None
     assert r("10", 7, ((8, "SELL", "4"),)) is None  # sold part, nothing else: the market decides

@@ -165,8 +165,14 @@ def replay(seen_size: Decimal, as_of: int, trades: WindowTrades, activity: list[
     (v2's ``last_event_at``): replay, in time order, the trades after it and its market's REDEEM and
     MERGE from its second on; the first event that leaves nothing decides (a sale -> ``manual_close``,
     a merge -> ``manual_close``, a redemption -> ``redeemed``). None: nothing after it explains it."""
+    acts = [(ts, kind) for ts, kind, cid in activity if cid == condition_id and ts >= as_of]
+    later = [a for a in acts if a[0] > as_of]
+    if later and not any(side == "BUY" and ts > as_of for ts, side, _ in trades.trades):
+        # One in the snapshot's own second may have come before its last event (the snapshot showed
+        # the position after it); with a later one and no purchase since, the later one removed it.
+        acts = later
     events = [(ts, side, size) for ts, side, size in trades.trades if ts > as_of]
-    events += [(ts, kind, Decimal(0)) for ts, kind, cid in activity if cid == condition_id and ts >= as_of]
+    events += [(ts, kind, Decimal(0)) for ts, kind in acts]
     size = seen_size
     for _ts, kind, amount in sorted(events, key=lambda e: (e[0], _ORDER[e[1]])):
         if kind == "BUY":
