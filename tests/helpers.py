@@ -41,6 +41,11 @@ def fast_timings() -> dict[str, Any]:
         "pollers": {"pool_size": 2, "idle_wait_seconds": 0.05},
         "tiers": {"hot": {"refresh_interval_seconds": 0.5, "poll_interval_seconds": {"min": 0.2, "max": 0.4},
                           "wallet_cooldown_seconds": 0.2, "rate_limit": {"requests_per_second": 50, "burst": 20}}},
+        # Reads on demand as often as continuous polling would (tests of the on-demand budget set their own).
+        "reconcile": {"after_trade_delay_seconds": 0.2, "safety_cycle_min_seconds": 0.3,
+                      "redeemable_interval_seconds": 0.3},
+        "feed": {"interval_seconds": 0.3, "stale_after_seconds": 5},
+        "stream": {"url": ""},
     }
 
 
@@ -60,6 +65,7 @@ def fast_settings(sim: Simulator | None = None, env: str = "development", **over
     base = fast_timings()
     if sim is not None:
         base["api"].update(data_api_url=sim.base_url, gamma_api_url=sim.base_url)
+        base["stream"]["url"] = sim.rtds_url
     return load_settings(env=env, environ={}, overrides=deep_merge(base, overrides))
 
 
@@ -203,6 +209,8 @@ def cli_env(dsn: str, sim: Simulator | None = None, **extra: str) -> dict[str, s
     """The environment of a ``python -m polycopy_actors`` child: this database, this simulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POLYCOPY_", "PROMETHEUS_"))}
     env["DATABASE_URL"] = dsn
+    # Never the live stream from a test: the simulator's, or none.
+    env["POLYCOPY_RTDS_URL"] = sim.rtds_url if sim is not None else ""
     if sim is not None:
         env.update(POLYCOPY_DATA_API_URL=sim.base_url, POLYCOPY_GAMMA_API_URL=sim.base_url)
     env.update(extra)

@@ -57,8 +57,9 @@ def prod_config(tmp_path: Path, name: str = "prod.yaml", **extra: Any) -> Path:
     return write_config(tmp_path / name, data)
 
 
-def hot(db: str, sim: Simulator, cfg: Path, *more: str) -> Proc:
-    return Proc(["--tier", "hot", "--env", "production", "--config", str(cfg), *more], cli_env(db, sim))
+def hot(db: str, sim: Simulator, cfg: Path, *more: str, stream: bool = True) -> Proc:
+    env = cli_env(db, sim) if stream else cli_env(db, sim, POLYCOPY_RTDS_URL="")
+    return Proc(["--tier", "hot", "--env", "production", "--config", str(cfg), *more], env)
 
 
 def stop(proc: Proc) -> None:
@@ -143,11 +144,12 @@ def test_production_hot_tier_and_two_cold_sweeps_end_at_the_ground_truth_reason_
 
 @pytest.mark.timeout(120)
 def test_trades_land_while_positions_and_gamma_answer_503(db, tmp_path):
-    """Issue item 3: each kind of read succeeds or fails on its own; trades that were read are delivered."""
+    """Issue item 3: each kind of read succeeds or fails on its own; trades that were read are delivered.
+    The wallet-read path alone (no stream, no global feed: what runs when both are down)."""
     world, sim = started_world(82, 4, 3, 20)
     wallets = world.wallets
     follow(db, wallets)
-    run = hot(db, sim, prod_config(tmp_path))
+    run = hot(db, sim, prod_config(tmp_path, feed={"enabled": False}), stream=False)
     try:
         wait_for(lambda: current(db, world, wallets), 30, "the opening state")
         sim.set_faults(Faults(error_rate=1.0, routes=frozenset({"/v2/positions", "/markets"})))

@@ -178,9 +178,12 @@ def test_sigterm_flushes_buffered_rows_and_exits_0(db, world_sim, tmp_path):
     followed = world.wallets[:3]
     follow(db, followed)
     cfg = tmp_path / "slow-flush.yaml"
-    cfg.write_text("writer:\n  flush_interval_seconds: 600\n  batch_max_rows: 100000\nmetrics:\n  port: 0\n")
+    # The feed's and the stream's trades are written at once (the fast lane): only wallet reads here.
+    cfg.write_text("writer:\n  flush_interval_seconds: 600\n  batch_max_rows: 100000\nmetrics:\n  port: 0\n"
+                   "feed:\n  enabled: false\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLYCOPY_")}
-    env.update(DATABASE_URL=db, POLYCOPY_DATA_API_URL=sim.base_url, POLYCOPY_GAMMA_API_URL=sim.base_url)
+    env.update(DATABASE_URL=db, POLYCOPY_DATA_API_URL=sim.base_url, POLYCOPY_GAMMA_API_URL=sim.base_url,
+               POLYCOPY_RTDS_URL="")
     proc = subprocess.Popen([sys.executable, "-m", "polycopy_actors", "--tier", "hot", "--config", str(cfg)],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -219,8 +222,10 @@ def test_hot_wallets_are_polled_every_one_to_three_seconds_and_new_follows_join(
     world, sim = world_sim
     followed, late = world.wallets[:3], world.wallets[3]
     follow(db, followed)
-    s = fast_settings(sim, tiers={"hot": {"poll_interval_seconds": {"min": 1, "max": 3}, "wallet_cooldown_seconds": 1,
-                                          "refresh_interval_seconds": 2}})
+    # The per-wallet schedule: what runs while the global feed is down (here: off).
+    s = fast_settings(sim, feed={"enabled": False},
+                      tiers={"hot": {"poll_interval_seconds": {"min": 1, "max": 3}, "wallet_cooldown_seconds": 1,
+                                     "refresh_interval_seconds": 2}})
     with Running(s, db):
         wait_for(lambda: len(_polls_by_wallet(sim, 0)) == 3, 20, "first polls")
         start = time.time()
@@ -251,7 +256,7 @@ def test_a_trade_changed_at_the_api_is_overwritten_latest_wins(db, world_sim):
             return row
         wait_for(lambda: price() == (Decimal("0.40"), 1), 20, "the trade")
         with world.lock:  # the API now reports the same fill with a corrected price and title
-            world.fills[world.fills.index(fill)] = dataclasses.replace(fill, price=Decimal("0.41"))
+            world.replace_fill(fill, dataclasses.replace(fill, price=Decimal("0.41")))
             market.question = "Renamed market"
         wait_for(lambda: price() == (Decimal("0.41"), 1), 20, "the corrected price, still one row")
     with psycopg.connect(db) as conn:

@@ -157,6 +157,13 @@ def test_sold_out_means_the_trades_after_the_last_sighting_took_the_seen_size_to
              ((48, "MERGE"), (49, "REDEEM"))) == "manual_close"
     # A merge in the snapshot's own second came before the purchase it showed; the later REDEEM removed it.
     assert r("186", 67, ((67, "BUY", "186"),), ((67, "MERGE"), (69, "REDEEM"))) == "redeemed"
+    # Merged the earlier opening (bought at 1386), bought again in the merge's second (the opening the
+    # snapshot showed began then), later archived: the merge explains nothing of the new opening.
+    rows_b = ((1386, "BUY", "44"), (1390, "BUY", "122"))
+    assert replay(Decimal(122), 1390, w(*rows_b), [(1390, "MERGE", cid)], cid, opened_at=1390) is None
+    # ... but without an earlier opening, a merge in the first second came after its purchases.
+    assert replay(Decimal(272), 48, w((48, "BUY", "94"), (48, "BUY", "178"), (49, "BUY", "28")),
+                  [(48, "MERGE", cid), (49, "REDEEM", cid)], cid, opened_at=48) == "manual_close"
     # A REDEEM before the snapshot's last event belonged to something else.
     assert r("10", 20, ((20, "BUY", "10"),), ((15, "REDEEM"),)) is None
     assert r("10", 7, ((8, "SELL", "4"),)) is None  # sold part, nothing else: the market decides

@@ -162,7 +162,9 @@ def test_api_faults_back_off_keep_healthy_wallets_and_stay_in_budget(db):
     follow(db, followed)
     track_from_now(world)
     rps, burst = 12.0, 8
-    s = fast_settings(sim, api={"timeout_seconds": 0.5, "max_retries": 2},
+    # The per-wallet path (what runs while the global feed is down) under faults; the feed's own faults:
+    # tests/test_stream_feed.py.
+    s = fast_settings(sim, api={"timeout_seconds": 0.5, "max_retries": 2}, feed={"enabled": False},
                       tiers={"hot": {"rate_limit": {"requests_per_second": rps, "burst": burst}}})
     started = time.time()
     with Running(s, db) as run:

@@ -22,7 +22,7 @@ def test_migrations_apply_once_and_are_idempotent(fresh_database):
     dsn = fresh_database(migrated=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         files = ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps",
-                 "005_position_evidence", "006_hot_wallets_view"]
+                 "005_position_evidence", "006_hot_wallets_view", "007_trade_sources"]
         assert pending(conn) == files
         assert migrate(conn) == files
         assert migrate(conn) == [] and pending(conn) == []

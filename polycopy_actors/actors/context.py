@@ -12,8 +12,9 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.messages import ASK_TIMEOUT_SECONDS, Acquire, Throttle
+from polycopy_actors.actors.messages import ASK_TIMEOUT_SECONDS, Acquire, Throttle, TierWallets
 from polycopy_actors.api.transport import Stopped, Transport
+from polycopy_actors.api.wallets import poller_index, shard_of
 from polycopy_actors.config import Settings, TierSettings
 from polycopy_actors.observe import HealthState
 
@@ -90,6 +91,48 @@ class RunStats:
         return f"{polls:,} polls, {trades:,} trades, {closes:,} closes, {errors:,} errors"
 
 
+class DemandBoard:
+    """Reconciliation on demand, shared by the detectors (StreamReader, FeedTailer, MarketWatcher) and
+    the pollers of a process (any thread). A detector posts "wallet W should be read at T because R";
+    the poller owning W takes its entries at its next tick. Entries survive a poller's restart.
+
+    It also holds the one fact the pollers' schedule depends on: whether the global feed is healthy
+    (written by the FeedTailer only). While it is, wallets are read on demand plus a slow safety-net
+    cycle; while it is not, every wallet is polled continuously (the per-wallet path)."""
+
+    def __init__(self, pollers: int) -> None:
+        self._lock = threading.Lock()
+        self._pollers = pollers
+        self._wanted: dict[int, dict[str, tuple[float, str]]] = {}
+        self._feed_until = 0.0
+
+    def post(self, wallet: str, reason: str, at: float) -> None:
+        """Ask for a read of ``wallet`` at monotonic time ``at`` (the earliest ask wins)."""
+        index = poller_index(wallet, self._pollers)
+        with self._lock:
+            mine = self._wanted.setdefault(index, {})
+            old = mine.get(wallet)
+            if old is None or at < old[0]:
+                mine[wallet] = (at, reason)
+
+    def take(self, index: int) -> dict[str, tuple[float, str]]:
+        with self._lock:
+            return self._wanted.pop(index, {})
+
+    def feed_ok(self, until: float) -> None:
+        """The feed read successfully; it counts as healthy until monotonic ``until``."""
+        with self._lock:
+            self._feed_until = max(self._feed_until, until)
+
+    def feed_down(self) -> None:
+        with self._lock:
+            self._feed_until = 0.0
+
+    def feed_healthy(self, now: float) -> bool:
+        with self._lock:
+            return now < self._feed_until
+
+
 class WalletCounts:
     """Wallets held by each poller of the process, for ``polycopy_wallets{tier}`` (any thread)."""
 
@@ -122,6 +165,8 @@ class TierContext:
     wallet_counts: WalletCounts = field(default_factory=WalletCounts)
     #: This process's name in ``wallet_leases`` (the DbWriter fences rows with the same name).
     owner: str = ""
+    #: Reads asked for by the stream, the feed and the market watcher; the feed's health.
+    demand: DemandBoard = field(default_factory=lambda: DemandBoard(1))
 
     @property
     def tier_settings(self) -> TierSettings:
@@ -142,3 +187,9 @@ def limited_transport(ctx: TierContext, limiter: pykka.ActorRef[Any]) -> Transpo
         limiter.tell(Throttle(seconds))
 
     return Transport(ctx.settings.api, acquire=acquire, on_rate_limited=throttle, stop_event=ctx.stopping)
+
+
+def shard_wallets(ctx: TierContext, writer: pykka.ActorRef[Any]) -> frozenset[str]:
+    """The tier's wallets that fall on this process (asked of the writer, with a timeout)."""
+    wallets = writer.ask(TierWallets(ctx.tier), timeout=ASK_TIMEOUT_SECONDS)
+    return frozenset(w for w in wallets if shard_of(w, ctx.shard_count) == ctx.shard_index)

@@ -9,11 +9,12 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.logic.poll_result import PollResult
+from polycopy_actors.logic.poll_result import DetectedTrades, PollResult
 
 __all__ = [
-    "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "FlushTick", "LoadState", "PollResult",
-    "ReleaseLeases", "LivenessCheck", "StatusTick", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence",
+    "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "DetectedTrades", "FeedCursor",
+    "FlushTick", "HeldMarkets", "LoadState", "PollResult", "ReaderFailed", "ReleaseLeases", "LivenessCheck",
+    "StatusTick", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence", "WalletsOf",
 ]
 
 #: Timeout of every ``ask`` (an actor never blocks on another without one).
@@ -85,8 +86,6 @@ class LoadState:
     """Ask the writer for the wallets' watermarks and open positions (flushes first)."""
 
     wallets: tuple[str, ...]
-    #: Also return the ids of trades this far behind each watermark.
-    overlap_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,33 @@ class AcquireLeases:
 
     wallets: tuple[str, ...]
     ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class FeedCursor:
+    """Ask the writer for the global feed's persisted position (block time; None if never stored)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class HeldMarkets:
+    """Ask the writer for the markets (condition ids) the given wallets hold in ``positions_current``;
+    answers ``{condition_id: [wallets]}``."""
+
+    wallets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WalletsOf:
+    """A detector's periodic refresh of the wallets of its tier (it tells itself)."""
+
+
+@dataclass(frozen=True)
+class ReaderFailed:
+    """The StreamReader's reader thread died: raised in the actor, so the supervisor restarts it."""
+
+    error: str
 
 
 @dataclass(frozen=True)

@@ -13,41 +13,35 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.context import TierContext, limited_transport
+from polycopy_actors.actors.base import TierApiActor
+from polycopy_actors.actors.context import TierContext
 from polycopy_actors.actors.messages import StatusTick, Ticker
-from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.api.client import ApiError, PolymarketClient, Stopped
+from polycopy_actors.api.client import ApiError, Stopped
 from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
 
-class ApiLagMonitorActor(SupervisedMixin, pykka.ThreadingActor):
+class ApiLagMonitorActor(TierApiActor):
     """See the module docstring."""
-
-    use_daemon_thread = True
 
     def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext,
                  limiter: pykka.ActorRef[Any]) -> None:
-        super().__init__()
-        self.supervisor = supervisor
-        self.child_name = name
-        self.ctx = ctx
-        self.limiter = limiter
-        self.client: PolymarketClient | None = None
+        super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter)
         self._ticker: Ticker | None = None
 
+    def first_message(self) -> Any:
+        return StatusTick()
+
     def on_start(self) -> None:
-        self.client = PolymarketClient(self.ctx.settings.api, limited_transport(self.ctx, self.limiter))
+        super().on_start()
         self._ticker = Ticker(self.actor_ref, StatusTick(), self.ctx.settings.api.status_interval_seconds,
                               "api-lag-ticker")
-        self.actor_ref.tell(StatusTick())
 
     def on_stop(self) -> None:
         if self._ticker is not None:
             self._ticker.stop()
-        if self.client is not None:
-            self.client.close()
+        super().on_stop()
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, StatusTick) and not self.ctx.stopping.is_set():

@@ -6,6 +6,13 @@ schedule (cooldown, next-due time), one :class:`~polycopy_actors.logic.wallet_st
 :class:`PolymarketClient` (one HTTP session). Driven by ``tell(Tick)`` that it sends itself, so a
 crash reaches ``on_failure`` and the supervisor.
 
+Two schedules, one code path. While the global feed is healthy (the FeedTailer says so on the
+process's :class:`~polycopy_actors.actors.context.DemandBoard`), trades are detected by the stream and
+the feed, and a wallet is read on demand: after it traded, when a market it holds closed, while it
+holds redeemable positions, and on a slow safety-net cycle whose period follows from the budget
+(``reconcile.safety_cycle_share``). While the feed is down, every wallet is polled continuously (every
+``poll_interval_seconds``), as the only path that still detects its trades.
+
 Each poll makes independent reads: trades since the cursor (minus an overlap), the positions
 snapshot, and, for positions missing past the grace period, the close evidence (the wallet's stored
 trades from the DbWriter, its REDEEM/MERGE activity, gamma's market state). Each kind succeeds or
@@ -25,7 +32,8 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.context import TierContext, limited_transport
+from polycopy_actors.actors.base import TierApiActor
+from polycopy_actors.actors.context import TierContext
 from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
     AcquireLeases,
@@ -36,10 +44,9 @@ from polycopy_actors.actors.messages import (
     TierWallets,
     TradeEvidence,
 )
-from polycopy_actors.actors.supervisor import SupervisedMixin
-from polycopy_actors.api.client import ApiError, PolymarketClient, Rejected, Stopped
+from polycopy_actors.api.client import ApiError, Rejected, Stopped
 from polycopy_actors.api.models import Trade
-from polycopy_actors.api.wallets import shard_of
+from polycopy_actors.api.wallets import poller_index, shard_of
 from polycopy_actors.logic.reconcile import Close, Diff, Held, classify, diff_positions, explain
 from polycopy_actors.logic.schedule import Schedule
 from polycopy_actors.logic.wallet_state import WalletState
@@ -47,27 +54,14 @@ from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
-def poller_index(wallet: str, pollers: int) -> int:
-    """Which poller of a shard owns a wallet (other hex digits than the shard hash)."""
-    return int(wallet[10:18], 16) % pollers if pollers > 1 else 0
-
-
-
-class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
+class WalletPollerActor(TierApiActor):
     """See the module docstring."""
-
-    use_daemon_thread = True
 
     def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, index: int, count: int, ctx: TierContext,
                  limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
-        super().__init__()
-        self.supervisor = supervisor
-        self.child_name = name
+        super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter, writer=writer)
         self.index = index
         self.count = count
-        self.ctx = ctx
-        self.limiter = limiter
-        self.writer = writer
         ts = ctx.tier_settings
         self.rng = random.Random()
         # A wallet never backs off longer than half the tier's health window: once the API answers
@@ -82,17 +76,12 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         self.elsewhere: set[str] = set()
         self.next_refresh = 0.0
         self.pass_pending: set[str] | None = None
-        self.client: PolymarketClient | None = None
-
-    # --- life cycle -------------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        self.client = PolymarketClient(self.ctx.settings.api, limited_transport(self.ctx, self.limiter))
-        self.actor_ref.tell(Tick())
-
-    def on_stop(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        #: Reads on demand: the global feed is healthy (see the module docstring).
+        self.on_demand = False
+        #: Why each wallet's next read is due (``polycopy_reconciles_total{reason}``).
+        self.reasons: dict[str, str] = {}
+        #: When each wallet's last read ended (monotonic): reads on demand keep the wallet's cooldown.
+        self.last_read: dict[str, float] = {}
 
     # --- messages -----------------------------------------------------------------------------------
 
@@ -109,6 +98,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         now = time.monotonic()
         if now >= self.next_refresh:
             self._refresh(now)
+        self._take_demands(now)
         wallet = self.schedule.pop_due(now)
         if wallet is not None:
             try:
@@ -123,6 +113,32 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             if self.ctx.stopping.wait(wait):
                 return
         self.actor_ref.tell(Tick())
+
+    def _take_demands(self, now: float) -> None:
+        """Follow the feed's health, and bring forward the reads the detectors asked for."""
+        demands = self.ctx.demand.take(self.index)
+        if self.pass_pending is not None:
+            return  # a pass (sweep, --once) reads every wallet once anyway
+        on_demand = self.ctx.demand.feed_healthy(now)
+        if on_demand != self.on_demand:
+            self.on_demand = on_demand
+            if not on_demand:  # the feed is down: every wallet is polled again, starting now
+                ts = self.ctx.tier_settings
+                for i, wallet in enumerate(self.schedule.wallets()):
+                    self.schedule.sooner(wallet, now + ts.poll_interval_seconds.min * i / max(1, len(self.schedule)))
+        cooldown = self.ctx.tier_settings.wallet_cooldown_seconds
+        for wallet, (at, reason) in demands.items():
+            at = max(at, self.last_read.get(wallet, 0.0) + cooldown)
+            if self.schedule.sooner(wallet, at) or wallet not in self.reasons:
+                self.reasons[wallet] = reason
+
+    def _safety_period(self, mine: int | None = None) -> float:
+        """Every wallet of the process read once per period on ``safety_cycle_share`` of the budget (two
+        requests a read); ``mine``: this poller's wallets (default: those scheduled)."""
+        ts, rc = self.ctx.tier_settings, self.ctx.settings.reconcile
+        rate = ts.rate_limit.requests_per_second / self.ctx.shard_count * rc.safety_cycle_share
+        wallets = (len(self.schedule) if mine is None else mine) * self.count
+        return max(rc.safety_cycle_min_seconds, 2 * wallets / rate)
 
     # --- wallets ----------------------------------------------------------------------------------------
 
@@ -151,7 +167,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
                                                timeout=ASK_TIMEOUT_SECONDS)
             added = [w for w in wanted if w in held and w not in current]
             if added:
-                stored = self.writer.ask(LoadState(tuple(added), self.ctx.settings.api.overlap_seconds),
+                stored = self.writer.ask(LoadState(tuple(added)),
                                          timeout=ASK_TIMEOUT_SECONDS)
         except (pykka.Timeout, pykka.ActorDeadError, Exception) as exc:  # noqa: BLE001 - DB down: retry later
             log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier, exc)
@@ -170,11 +186,22 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         for wallet in removed:
             self.schedule.remove(wallet)
             self.states.pop(wallet, None)
+            self.reasons.pop(wallet, None)
+            self.last_read.pop(wallet, None)
             if tracker is not None and self.pass_pending is not None and wallet in self.pass_pending:
                 self.pass_pending.discard(wallet)
                 tracker.drop(wallet)
+        # Reads on demand (the feed detects trades): a wallet read before joins the safety-net cycle at a
+        # random point of it; only a wallet never read is due now (its backfill).
+        period = self._safety_period(len(current) + len(added)) if (
+            self.pass_pending is None and tracker is None and self.ctx.demand.feed_healthy(now)) else None
         for i, wallet in enumerate(added):
             self.states[wallet] = WalletState.from_stored(wallet, stored[wallet])
+            if period is not None and stored[wallet]["last_success_at"] is not None:
+                self.reasons[wallet] = "cycle"
+                self.schedule.add(wallet, now + self.rng.uniform(0, period))
+                continue
+            self.reasons[wallet] = "backfill"
             # Keep the database's order (least recently polled first): earliest deadline first.
             self.schedule.add(wallet, now + 1e-6 * i)
         if added or removed:
@@ -196,6 +223,9 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         assert self.client is not None
         st = self.states[wallet]
         api, tier = self.ctx.settings.api, self.ctx.tier
+        reason = self.reasons.pop(wallet, "cycle")
+        if self.on_demand:
+            metrics.RECONCILES.labels(reason).inc()
         grace = self.ctx.settings.reconcile.close_grace_seconds
         polled_at = datetime.now(UTC)
         mono = time.monotonic()
@@ -235,7 +265,6 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
                 trades = sorted(merged.values(), key=lambda t: t.timestamp)
             except ApiError as exc:
                 failures.append(f"trades: {exc.kind}: {exc}")
-        new_trades = st.new_trades(trades) if trades_ok else 0
         watermark = st.trades_read(trades, hold) if trades_ok else None
         closes: list[Close] = []
         if vanished:
@@ -260,7 +289,7 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         if trades_ok or diff is not None:
             metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
             self.ctx.health.poll_succeeded()
-        self.ctx.stats.add(polls=1, trades=new_trades, closes=len(closes), errors=1 if failures else 0)
+        self.ctx.stats.add(polls=1, closes=len(closes), errors=1 if failures else 0)
         if diff is not None:
             for kind, n in (("opened", len(diff.opened)), ("changed", len(diff.changed)), ("closed", len(closes))):
                 if n:
@@ -274,8 +303,14 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
         reads succeeded (or failed more than ``api.max_retries`` times) and no position of it waits:
         a position still inside its grace period is re-checked after it, in the same pass."""
         mono = time.monotonic()
+        self.last_read[wallet] = mono
         if self.pass_pending is None:
-            self.schedule.done(wallet, mono, st.trade_errors)
+            if self.on_demand and trades_ok and positions_ok:
+                due, reason = self._next_on_demand(st, mono)
+                self.schedule.at(wallet, due)
+                self.reasons[wallet] = reason
+            else:
+                self.schedule.done(wallet, mono, max(st.trade_errors, st.positions_read.errors))
             return
         limit = self.ctx.settings.api.max_retries
         reads_done = ((trades_ok or st.trade_errors > limit)
@@ -295,6 +330,21 @@ class WalletPollerActor(SupervisedMixin, pykka.ThreadingActor):
             self.schedule.at(wallet, mono + wait)
             return
         self.schedule.done(wallet, mono, max(st.trade_errors, st.positions_read.errors))
+
+    def _next_on_demand(self, st: WalletState, mono: float) -> tuple[float, str]:
+        """The next read of a wallet while the feed is healthy, unless a detector asks sooner: the safety
+        cycle (jittered), sooner while it holds redeemable positions or a position waits out its grace."""
+        rc, cooldown = self.ctx.settings.reconcile, self.ctx.tier_settings.wallet_cooldown_seconds
+        due, reason = mono + max(cooldown, self._safety_period() * (0.75 + self.rng.random() / 2)), "cycle"
+        redeemable = mono + max(cooldown, rc.redeemable_interval_seconds)
+        if any(h.position.redeemable for h in st.positions.values()) and redeemable < due:
+            due, reason = redeemable, "redeemable"
+        recheck = st.recheck_at(rc.close_grace_seconds)
+        if recheck is not None:
+            wait = max(cooldown, (recheck - datetime.now(UTC)).total_seconds(), st.evidence_read.retry_at - mono)
+            if mono + wait < due:
+                due, reason = mono + wait, "trade"
+        return due, reason
 
     def _classify(self, st: WalletState, vanished: list[Held], polled_at: datetime,
                   ) -> tuple[list[Close], str | None, list[Rejected]]:

@@ -1,7 +1,8 @@
-"""One process's actor tree (DESIGN.md §2) and its run loop.
+"""One process's actor tree (DESIGN.md §2, §5) and its run loop.
 
 ``ActorSystem.run()`` starts RootSupervisor (rest_for_one: RateLimiter, DbWriter, PollerPool, and with
-v2 the ApiLagMonitor) and
+v2 the ApiLagMonitor; for a continuously running tier also the FeedTailer (v2, ``feed.enabled``) and the
+StreamReader (``stream.url``)) and
 waits until it is asked to stop, the supervisor gives up (exit 4), the writer gives up on the
 database (exit 3) or, with ``once``, every poller finished its pass. Then it stops the tree in
 reverse order (the writer flushes) within ``shutdown_timeout_seconds``.
@@ -21,10 +22,13 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.context import PassTracker, RunStats, TierContext
+from polycopy_actors.actors.context import DemandBoard, PassTracker, RunStats, TierContext
+from polycopy_actors.actors.feed import FeedTailerActor
 from polycopy_actors.actors.limiter import RateLimiterActor
+from polycopy_actors.actors.markets import MarketWatcherActor
 from polycopy_actors.actors.monitor import ApiLagMonitorActor
 from polycopy_actors.actors.poller import WalletPollerActor
+from polycopy_actors.actors.stream import StreamReaderActor
 from polycopy_actors.actors.supervisor import ChildSpec, Supervisor
 from polycopy_actors.actors.writer import DbWriterActor
 from polycopy_actors.config import RateLimit, Settings
@@ -82,7 +86,8 @@ class ActorSystem:
         pollers = s.pollers.pool_size
         ctx = TierContext(settings=s, tier=self.tier, stopping=self.stopping, health=self.health, stats=self.stats,
                           shard_index=self.shard_index, shard_count=self.shard_count,
-                          tracker=self.tracker, polled_before=self.polled_before, owner=self.owner)
+                          tracker=self.tracker, polled_before=self.polled_before, owner=self.owner,
+                          demand=DemandBoard(pollers))
         sup = s.supervision
 
         def start_limiter(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
@@ -90,7 +95,8 @@ class ActorSystem:
 
         def start_writer(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
             return DbWriterActor.start(parent, name="writer", settings=s, dsn=self.dsn, health=self.health,
-                                       on_fatal=self._fatal, owner=self.owner)
+                                       on_fatal=self._fatal, owner=self.owner,
+                                       on_new_trades=lambda n: self.stats.add(trades=n))
 
         def start_pool(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
             limiter, writer = sib["limiter"], sib["writer"]
@@ -113,6 +119,31 @@ class ActorSystem:
                  ChildSpec("pool", start_pool, stop_timeout=4.0)]
         if s.api.data_api_version == "v2" and s.api.status_interval_seconds > 0:
             specs.append(ChildSpec("monitor", start_monitor, stop_timeout=3.0))
+        continuous = tier_settings.schedule == "continuous" and not self.once
+        if continuous and s.feed.enabled and s.api.data_api_version == "v2":
+            def start_feed(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+                return FeedTailerActor.start(parent, name="feed", ctx=ctx, limiter=sib["limiter"],
+                                             writer=sib["writer"])
+            specs.append(ChildSpec("feed", start_feed, stop_timeout=3.0))
+            self.health.set_path("feed", "down")
+            # The feed has its stale period to prove itself: until then wallets are read on demand.
+            ctx.demand.feed_ok(time.monotonic() + s.feed.stale_after_seconds)
+        elif continuous:
+            log.info("global feed off (%s): every wallet is polled one by one",
+                     "feed.enabled is false" if not s.feed.enabled else "it needs the data API v2")
+        if continuous and s.reconcile.market_watch_interval_seconds > 0:
+            def start_markets(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]
+                              ) -> pykka.ActorRef[Any]:
+                return MarketWatcherActor.start(parent, name="markets", ctx=ctx, limiter=sib["limiter"],
+                                                writer=sib["writer"])
+            specs.append(ChildSpec("markets", start_markets, stop_timeout=3.0))
+        if continuous and s.stream.url:
+            def start_stream(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
+                return StreamReaderActor.start(parent, name="stream", ctx=ctx, writer=sib["writer"])
+            specs.append(ChildSpec("stream", start_stream, stop_timeout=4.0))
+            self.health.set_path("stream", "down")
+        elif continuous:
+            self.health.set_path("stream", "off")
         return specs
 
     def start(self) -> None:

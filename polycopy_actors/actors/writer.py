@@ -10,7 +10,9 @@ commits with the trades it covers. On a database error the batch is kept and ret
 a database down for longer than ``db.give_up_seconds`` ends the process (``on_fatal``). It flushes
 again when stopped.
 
-Messages: ``tell(PollResult)``, ``tell(FlushTick)``, ``tell(ReleaseLeases)``, ``ask(TierWallets)``,
+Messages: ``tell(PollResult)``, ``tell(DetectedTrades)`` (the fast lane: stream and feed trades are
+flushed at once, not at the next tick), ``tell(FlushTick)``, ``ask(FeedCursor)``, ``ask(HeldMarkets)``,
+``tell(ReleaseLeases)``, ``ask(TierWallets)``,
 ``ask(LoadState)``, ``ask(AcquireLeases)``, ``ask(TradeEvidence)`` (the last three flush first where the
 answer depends on buffered rows).
 Threads: the actor's thread does everything; the ticker thread only sends ``FlushTick``.
@@ -31,7 +33,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from polycopy_actors.actors.messages import (
     AcquireLeases,
+    DetectedTrades,
+    FeedCursor,
     FlushTick,
+    HeldMarkets,
     LoadState,
     PollResult,
     ReleaseLeases,
@@ -57,8 +62,11 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, settings: Settings, dsn: str,
-                 health: HealthState, on_fatal: Callable[[int, str], None], owner: str) -> None:
+                 health: HealthState, on_fatal: Callable[[int, str], None], owner: str,
+                 on_new_trades: Callable[[int], None] | None = None) -> None:
         super().__init__()
+        #: Told how many new trade rows each flush inserted, whatever their source (the run's summary).
+        self.on_new_trades = on_new_trades
         #: This process's lease owner name (fencing of position and close rows).
         self.owner = owner
         self.reclaimed = False
@@ -74,6 +82,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
         self.retry_at = 0.0
         self.down_since: float | None = None
         self._ticker: Ticker | None = None
+        self.next_unconfirmed_check = 0.0
 
     def on_start(self) -> None:
         self.pool = make_pool(self.dsn, self.settings, name="polycopy-writer")
@@ -107,12 +116,25 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
                 self._flush()
             self._export()
             return None
+        if isinstance(message, DetectedTrades):
+            self.buffer.add_detected(message)
+            if time.monotonic() >= self.retry_at:
+                self._flush()
+            self._export()
+            return None
         if isinstance(message, FlushTick):
             if len(self.buffer) and time.monotonic() >= self.retry_at:
                 self._flush()
             self._check_give_up()
             self._export()
+            self._count_unconfirmed()
             return None
+        if isinstance(message, FeedCursor):
+            with self._conn() as conn:
+                return queries.feed_cursor(conn, message.name)
+        if isinstance(message, HeldMarkets):
+            with self._conn() as conn:
+                return queries.held_markets(conn, list(message.wallets))
         if isinstance(message, TierWallets):
             with self._conn() as conn:
                 wallets = queries.tier_wallets(conn, message.tier, message.polled_before)
@@ -123,7 +145,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
         if isinstance(message, LoadState):
             self._flush_for_read("load wallet state")
             with self._conn() as conn:
-                return queries.load_wallet_state(conn, list(message.wallets), message.overlap_seconds)
+                return queries.load_wallet_state(conn, list(message.wallets))
         if isinstance(message, TradeEvidence):
             self._flush_for_read("read trade evidence")
             with self._conn() as conn:
@@ -148,6 +170,19 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
                             len(message.wallets), exc)
             return None
         return None
+
+    def _count_unconfirmed(self) -> None:
+        """``polycopy_stream_unconfirmed_rows``, every 10 s (only while the database answers)."""
+        now = time.monotonic()
+        if now < self.next_unconfirmed_check or self.down_since is not None or not self.settings.stream.url:
+            return
+        self.next_unconfirmed_check = now + 10
+        try:
+            with self._conn() as conn:
+                n = queries.unconfirmed_stream_rows(conn, self.settings.stream.unconfirmed_after_seconds)
+        except (psycopg.Error, PoolTimeout):
+            return
+        metrics.STREAM_UNCONFIRMED.set(n)
 
     def _reclaim_dead_local_owners(self, conn: Any) -> None:
         """Leases of an earlier process on this host that is gone (killed, crashed): released at once, so
@@ -222,6 +257,10 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
             metrics.POSITIONS_CLOSED.labels(reason).inc(n)
         for lag in written["lags"]:
             metrics.TRADE_LAG.observe(lag)
+        if written["new_trades"] and self.on_new_trades is not None:
+            self.on_new_trades(written["new_trades"])
+        for source, lag in written["detected"]:
+            metrics.DETECT_LAG.labels(source).observe(lag)
         if written["fenced"]:
             log.warning("%d position rows not written: their wallets are leased by another process",
                         written["fenced"])

@@ -14,7 +14,7 @@ from polycopy_actors.api.data import DataApi
 from polycopy_actors.api.data_v1 import DataApiV1
 from polycopy_actors.api.data_v2 import DataApiV2
 from polycopy_actors.api.gamma import Gamma
-from polycopy_actors.api.models import Activity, ClosedPosition, Position, Trade, assign_trade_ids
+from polycopy_actors.api.models import Activity, ClosedPosition, Position, RawFill, Trade, assign_trade_ids
 from polycopy_actors.api.transport import (
     ApiError,
     Read,
@@ -54,6 +54,12 @@ class PolymarketClient:
         fills = self.data.fills(wallet, self._start(since))
         mine = sorted((f for f in fills.items if f.wallet == wallet), key=lambda f: f.timestamp)
         return Read(assign_trade_ids(mine), fills.rejected)
+
+    def global_fills(self, stop_ts: int, limit: int) -> Read[RawFill]:
+        """v2 only: the bare global feed down to ``stop_ts`` (see :meth:`DataApiV2.global_fills`)."""
+        if not isinstance(self.data, DataApiV2):
+            raise ApiError("unsupported", "the global feed needs the data API v2")
+        return self.data.global_fills(stop_ts, limit)
 
     def positions(self, wallet: str) -> Read[Position]:
         """The wallet's current positions, every page. The snapshot is complete only when

@@ -22,6 +22,12 @@ V2_LIMIT_MAX = 1_000
 CACHE_BUST_AHEAD_SECONDS = 86_400
 
 
+def _row_ts(row: Any) -> int:
+    """A raw row's timestamp for deciding where a walk stops (a malformed one does not stop it)."""
+    ts = row.get("timestamp") if isinstance(row, dict) else None
+    return int(ts) if isinstance(ts, (int, Decimal)) and not isinstance(ts, bool) else 2**62
+
+
 class DataApiV2(DataApi):
     """Data API v2 reads (see :class:`~polycopy_actors.api.data.DataApi`)."""
 
@@ -98,6 +104,27 @@ class DataApiV2(DataApi):
         self.t.parse_rows(body.get("data") if isinstance(body, dict) else None, models.parse_closed_position,
                           "closed_positions", wallet, out)
         return out
+
+    def global_fills(self, stop_ts: int, limit: int) -> Read[models.RawFill]:
+        """The bare global ``/v2/trades`` (every wallet's fills, maker legs included), newest first, down to
+        the first page that reaches a row older than ``stop_ts`` (whole seconds at or after it are read).
+        ``start``/``end`` are ignored by this feed, so a random ``end`` only gives the walk a URL of its
+        own (the CDN caches ``/v2/trades`` by URL for 300 s); a cached page restarts the walk elsewhere."""
+        for attempt in range(self.t.api.max_retries + 1):
+            params = {"limit": min(limit, V2_LIMIT_MAX), "taker_only": "false", "end": self._bust()}
+            out: Read[models.RawFill] = Read()
+            try:
+                for rows in self._v2_pages("/v2/trades", params, "trades_global"):
+                    self.t.parse_rows(rows, models.parse_fill, "trades_global", "-", out)
+                    if not rows or min(_row_ts(r) for r in rows) < stop_ts:
+                        break
+            except StaleAnswer as exc:
+                if attempt == self.t.api.max_retries:
+                    raise ApiError("stale", f"{exc}; still cached after {attempt + 1} URLs") from None
+                continue
+            out.items = [f for f in out.items if f.timestamp >= stop_ts]
+            return out
+        raise AssertionError("unreachable")
 
     def market_fills(self, chunk: str, max_rows: int) -> Read[models.RawFill]:
         # No user, so no ``end``: a limit a few rows short gives the read a URL of its own.

@@ -3,15 +3,22 @@
 Amounts are :class:`~decimal.Decimal` (bodies are decoded with ``parse_float=Decimal``, so no
 float ever touches them), timestamps are aware UTC datetimes, wallets are lowercase.
 
-Trade identity (the API has no trade id, in v1 or v2): ``trade_id`` is the SHA-256 (first 32 hex
-digits) of ``wallet | transaction_hash | asset | side | size (6 decimals) | timestamp | occurrence``.
-``price`` is left out because the API computes it as a float that may differ in its last digits
-between reads and versions; ``occurrence`` numbers fully identical rows of one transaction (0, 1,
-...), so two genuine identical fills stay two rows. All fills of a transaction share its block
-timestamp, and every read re-reads whole seconds, so a read always sees every identical sibling and
-numbers them the same way. Known collision: none for distinct fills; the residual risk is two fills
-of one transaction that differ only by price, which are then counted as identical siblings and still
-kept as two rows (ids differ by occurrence), with the later read's prices.
+Trade identity (the API has no trade id, in v1, v2 or the RTDS stream): ``trade_id`` is the SHA-256
+(first 32 hex digits) of ``wallet | transaction_hash | asset | side | size (6 decimals, half up) |
+occurrence``. The same fill read from the stream, the global feed, a wallet's feed or v1 gets the same
+id. Left out on purpose:
+
+- ``price``: the API computes it as a float that may differ in its last digits between reads;
+- ``timestamp``: the transaction fixes the block time, and the stream's payload often says one second
+  *before* the block time the REST routes show.
+
+``occurrence`` numbers fully identical rows of one transaction (0, 1, ...), so two genuine identical
+fills stay two rows. REST reads always re-read whole seconds, so a read sees every identical sibling
+and numbers them the same way; the stream numbers them in arrival order (identical rows: the order
+does not matter). Known collision case: none for distinct fills; two fills of one transaction that
+differ only by price are counted as identical siblings and still kept as two rows (ids differ by
+occurrence), with the later read's prices. ``sql/007_trade_sources.sql`` rewrote the ids of the
+earlier derivation (which had the timestamp in it) with the same rule in SQL.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from polycopy_actors.api.wallets import InvalidWallet, normalize_wallet
@@ -30,8 +37,10 @@ SIX_PLACES = Decimal("0.000001")
 MAX_TIMESTAMP = 4102444800
 
 
-#: Outcome indexes are small (999 = "could not be labelled"); the column is a 32-bit integer.
+#: Outcome indexes are small; the column is a 32-bit integer.
 MAX_OUTCOME_INDEX = 1_000_000
+#: What fresh (not yet enriched) rows say instead of an outcome index: never stored (null instead).
+UNLABELLED_OUTCOME = 999
 
 
 class MalformedItem(ValueError):
@@ -228,8 +237,9 @@ class RawFill:
     timestamp: int
 
     def identity_key(self) -> tuple[str, ...]:
-        size = self.size.quantize(SIX_PLACES, rounding=ROUND_HALF_EVEN)
-        return (self.wallet, self.transaction_hash, self.asset, self.side, f"{size:f}", str(self.timestamp))
+        # Half up, as PostgreSQL's round(numeric, 6) (the migration that rewrote old ids uses it).
+        size = self.size.quantize(SIX_PLACES, rounding=ROUND_HALF_UP)
+        return (self.wallet, self.transaction_hash, self.asset, self.side, f"{size:f}")
 
 
 def parse_fill(item: Any) -> RawFill:
@@ -247,24 +257,37 @@ def parse_fill(item: Any) -> RawFill:
         size=_decimal(item, "size"),
         price=_decimal(item, "price"),
         outcome=_text(item, "outcome", optional=True),
-        outcome_index=_int_opt(item, "outcomeIndex", "outcome_index"),
-        title=_text(item, "title", optional=True),
-        slug=_text(item, "slug", optional=True),
+        outcome_index=_outcome_index(item),
+        title=_text(item, "title", optional=True) or None,
+        slug=_text(item, "slug", optional=True) or None,
         transaction_hash=_hex(item, 64, "transactionHash", "transaction_hash"),
         timestamp=_timestamp(item, "timestamp"),
     )
 
 
+def _outcome_index(item: dict[str, Any]) -> int | None:
+    value = _int_opt(item, "outcomeIndex", "outcome_index")
+    return None if value == UNLABELLED_OUTCOME else value
+
+
+def trade_id_of(key: tuple[str, ...], occurrence: int) -> str:
+    """The ``trade_id`` of the ``occurrence``-th fill with this identity key (see the module docstring)."""
+    return hashlib.sha256("|".join((*key, str(occurrence))).encode()).hexdigest()[:32]
+
+
+def with_id(fill: RawFill, occurrence: int) -> Trade:
+    return Trade(trade_id=trade_id_of(fill.identity_key(), occurrence),
+                 **{f: getattr(fill, f) for f in RawFill.__slots__})
+
+
 def assign_trade_ids(fills: list[RawFill]) -> list[Trade]:
-    """Give every fill its stable ``trade_id`` (see the module docstring)."""
+    """Give every fill of one read its stable ``trade_id`` (see the module docstring)."""
     seen: Counter[tuple[str, ...]] = Counter()
     out = []
     for fill in fills:
         key = fill.identity_key()
-        occurrence = seen[key]
+        out.append(with_id(fill, seen[key]))
         seen[key] += 1
-        digest = hashlib.sha256("|".join((*key, str(occurrence))).encode()).hexdigest()[:32]
-        out.append(Trade(trade_id=digest, **{f: getattr(fill, f) for f in RawFill.__slots__}))
     return out
 
 
@@ -287,7 +310,7 @@ def parse_position(item: Any) -> Position:
         avg_price=_decimal(item, "avgPrice", "avg_price"),
         cur_price=cur,
         outcome=_text(item, "outcome", optional=True),
-        outcome_index=_int_opt(item, "outcomeIndex", "outcome_index"),
+        outcome_index=_outcome_index(item),
         title=_text(item, "title", optional=True),
         redeemable=_bool(item, "redeemable") or item.get("status") in ("REDEEMABLE", "REDEEMABLE_LOST"),
         last_event_at=_timestamp(item, "last_event_at") if item.get("last_event_at") is not None else None,

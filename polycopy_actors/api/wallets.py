@@ -41,3 +41,8 @@ def shard_of(wallet: str, shards: int) -> int:
     if shards <= 1:
         return 0
     return int(wallet[2:10], 16) % shards
+
+
+def poller_index(wallet: str, pollers: int) -> int:
+    """Which poller of a shard owns a wallet (other hex digits than the shard hash)."""
+    return int(wallet[10:18], 16) % pollers if pollers > 1 else 0

@@ -54,7 +54,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", shard: str | None = No
         handler.addFilter(add_shard)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("urllib3", "psycopg.pool", "pgserver"):
+    for noisy in ("urllib3", "psycopg.pool", "pgserver", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # pykka logs every actor failure with a traceback at ERROR; the supervisors report failures
     # themselves (traceback once, then one line per restart), so a crash loop is not a flood.

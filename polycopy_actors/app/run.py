@@ -41,17 +41,23 @@ def _install_signals(stop: threading.Event) -> None:
 
 
 def _start_demo(settings: Settings) -> tuple[Settings, Any]:
-    """The built-in simulator on a free port, driven by a background thread."""
+    """The built-in simulator on a free port, driven by a background thread: the API with the live
+    delays after the match (stream 2 s, a wallet's feed 5 s, the global feed 7 s) and the RTDS stream,
+    plus 200 other traders whose fills the stream and the feed carry too."""
 
-    world = World(seed=settings.demo.seed, wallets=max(settings.demo.wallets, 8))
+    # A new world each run (its seed plus the start time): wallets and fills never repeat an earlier run's.
+    seed = settings.demo.seed * 1_000_003 + int(time.time())
+    world = World(seed=seed, wallets=max(settings.demo.wallets, 8))
     for _ in range(30):
         world.step()
-    sim = Simulator(world, SimConfig(seed=settings.demo.seed)).start()
-    sim.drive(settings.demo.event_interval_seconds)
+    sim = Simulator(world, SimConfig(seed=seed, stream_delay_seconds=2.0, user_feed_delay_seconds=5.0,
+                                     global_feed_delay_seconds=7.0)).start()
+    sim.drive(settings.demo.event_interval_seconds, background_wallets=200, background_fills_per_second=20)
     api = dataclasses.replace(settings.api, data_api_url=sim.base_url, gamma_api_url=sim.base_url)
-    log.info("demo: simulator serving the Polymarket API at %s (%d wallets trading)", sim.base_url,
-             len(world.wallets))
-    return dataclasses.replace(settings, api=api), sim
+    stream = dataclasses.replace(settings.stream, url=sim.rtds_url if settings.stream.url else "")
+    log.info("demo: simulator serving the Polymarket API at %s and the RTDS stream at %s (%d wallets trading)",
+             sim.base_url, sim.rtds_url, len(world.wallets))
+    return dataclasses.replace(settings, api=api, stream=stream), sim
 
 
 def _in_process(settings: Settings, tier: str, dsn: str, health: HealthState) -> PassRunner:
@@ -122,6 +128,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         if sim is not None:
             wallets = sim.world.wallets[: settings.demo.wallets]
             with connect(db.dsn, settings) as conn, conn.transaction():
+                queries.unfollow_all(conn, "demo")  # an earlier run's demo wallets are not in this world
                 queries.follow(conn, wallets, "demo")
                 queries.add_traders(conn, sim.world.wallets[settings.demo.wallets:])
             log.info("demo: following %d simulated wallets: %s", len(wallets), ", ".join(wallets))
@@ -137,7 +144,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         if settings.metrics.port:
             try:
                 metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port,
-                                               _health_check(health, shards)).start()
+                                               _health_check(health, shards), health.paths).start()
             except OSError as exc:
                 raise ExitError(RET_CONFIG, f"metrics.port {settings.metrics.port}: cannot listen ({exc.strerror})"
                                 ) from None

@@ -7,6 +7,7 @@ from polycopy_actors.config.schema import (
     DbSettings,
     DemoSettings,
     DiscoverySettings,
+    FeedSettings,
     Interval,
     LoggingSettings,
     MetricsSettings,
@@ -14,6 +15,7 @@ from polycopy_actors.config.schema import (
     RateLimit,
     ReconcileSettings,
     Settings,
+    StreamSettings,
     SupervisionSettings,
     Tiers,
     TierSettings,
@@ -22,6 +24,7 @@ from polycopy_actors.config.schema import (
 
 __all__ = [
     "CONFIG_DIR", "ENV_OVERRIDES", "ApiSettings", "ConfigError", "DbSettings", "DemoSettings", "DiscoverySettings",
+    "FeedSettings", "StreamSettings",
     "Interval", "LoggingSettings", "MetricsSettings", "PollerSettings", "RateLimit", "ReconcileSettings", "Settings",
     "SupervisionSettings", "TierSettings", "Tiers", "WriterSettings", "load_settings",
 ]

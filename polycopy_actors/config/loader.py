@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from polycopy_actors import PROJECT_ROOT
-from polycopy_actors.config.schema import ApiSettings, ConfigError, DbSettings, Interval, Settings
+from polycopy_actors.config.schema import ApiSettings, ConfigError, DbSettings, Interval, Settings, StreamSettings
 
 CONFIG_DIR = PROJECT_ROOT / "config"
 
@@ -32,7 +32,10 @@ ENV_OVERRIDES: dict[str, str] = {
     "POLYCOPY_METRICS_PORT": "metrics.port",
     "POLYCOPY_LOG_LEVEL": "logging.level",
     "POLYCOPY_LOG_FORMAT": "logging.format",
+    "POLYCOPY_RTDS_URL": "stream.url",
 }
+#: Variables whose empty value means something (an empty RTDS URL turns the stream off).
+EMPTY_MEANS_OFF = {"POLYCOPY_RTDS_URL"}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -175,6 +178,9 @@ def _check_cross_fields(obj: Any, prefix: str, sources: dict[str, str]) -> None:
     if isinstance(obj, DbSettings) and obj.pool_min_size > obj.pool_max_size:
         path = prefix + "pool_min_size"
         raise ConfigError(f"{_source_of(path, sources)}: {path}: must not exceed {prefix}pool_max_size")
+    if isinstance(obj, StreamSettings) and obj.url and not obj.url.startswith(("ws://", "wss://")):
+        path = prefix + "url"
+        raise ConfigError(f"{_source_of(path, sources)}: {path}: must be a ws(s) URL or empty (got {obj.url!r})")
     if isinstance(obj, ApiSettings):
         for key in ("data_api_url", "gamma_api_url"):
             url = getattr(obj, key)
@@ -220,7 +226,7 @@ def load_settings(
         _merge(merged, _read_yaml(Path(config_file)), str(config_file), sources)
     for var, path in ENV_OVERRIDES.items():
         raw = environ.get(var)
-        if raw is None or raw == "":
+        if raw is None or (raw == "" and var not in EMPTY_MEANS_OFF):
             continue
         node = merged
         parts = path.split(".")

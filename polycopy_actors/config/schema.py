@@ -138,6 +138,54 @@ class ReconcileSettings:
     #: Events this long before a position was last seen still explain its close (the positions
     #: route runs behind the trades and activity routes).
     evidence_margin_seconds: float = field(metadata=_rng(ge=0))
+    #: While the global feed is healthy, a wallet's positions are read this long after a trade of it was
+    #: detected (the positions route shows a fill a few seconds after the trades route).
+    after_trade_delay_seconds: float = field(metadata=_rng(ge=0))
+    #: Share of the tier's request budget spent on the safety-net cycle (every wallet read again,
+    #: traded or not); the cycle's period follows from it and the number of wallets.
+    safety_cycle_share: float = field(metadata=_rng(gt=0, le=1))
+    #: ... but never more often than this.
+    safety_cycle_min_seconds: float = field(metadata=_rng(gt=0))
+    #: A wallet holding redeemable positions is read this often until they are gone.
+    redeemable_interval_seconds: float = field(metadata=_rng(gt=0))
+    #: The MarketWatcher reads the state of the markets the tier's wallets hold this often (0 = off).
+    market_watch_interval_seconds: float = field(metadata=_rng(ge=0))
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The RTDS websocket (``activity``/``trades``): trades about 2 s after the match, not complete."""
+
+    #: ``wss://...``; empty = no stream (env ``POLYCOPY_RTDS_URL``).
+    url: str
+    #: A text ``PING`` this often (without it the stream goes silent after minutes, still open).
+    ping_interval_seconds: float = field(metadata=_rng(gt=0))
+    #: No frame for this long: the connection is dead (closed and opened again).
+    silence_seconds: float = field(metadata=_rng(gt=0))
+    #: Reconnect back-off: from min, doubled per failure, up to max.
+    reconnect_min_seconds: float = field(metadata=_rng(gt=0))
+    reconnect_max_seconds: float = field(metadata=_rng(gt=0))
+    #: A connection is replaced after this long even when it looks healthy (0 = never).
+    reconnect_every_seconds: float = field(metadata=_rng(ge=0))
+    #: A stream row the REST feeds have not confirmed after this long is counted as unconfirmed.
+    unconfirmed_after_seconds: float = field(metadata=_rng(gt=0))
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """The bare global ``/v2/trades`` (every wallet's fills): the record that confirms the stream."""
+
+    enabled: bool
+    #: One walk of the feed (newest first, down to the persisted cursor) this often.
+    interval_seconds: float = field(metadata=_rng(gt=0))
+    #: Rows per page (the route's maximum is 1000).
+    page_limit: int = field(metadata=_rng(ge=1, le=1000))
+    #: Seconds re-read below the cursor (rows of a second can appear late).
+    overlap_seconds: int = field(metadata=_rng(ge=0))
+    #: Without a persisted cursor, the first walk reads this far back (wallet reads back-fill the rest).
+    start_lookback_seconds: int = field(metadata=_rng(ge=0))
+    #: No successful walk for this long: the feed is down, and wallets are polled one by one again.
+    stale_after_seconds: float = field(metadata=_rng(gt=0))
 
 
 @dataclass(frozen=True)
@@ -193,6 +241,8 @@ class Settings:
     writer: WriterSettings
     supervision: SupervisionSettings
     reconcile: ReconcileSettings
+    stream: StreamSettings
+    feed: FeedSettings
     demo: DemoSettings
     discovery: DiscoverySettings
     #: From DATABASE_URL only (never from YAML); None = the embedded server.

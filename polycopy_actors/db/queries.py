@@ -40,6 +40,13 @@ def unfollow(conn: Conn, wallets: list[str], follower_id: str | None) -> int:
         return cur.rowcount
 
 
+def unfollow_all(conn: Conn, follower_id: str) -> int:
+    """Remove every follow of one follower (the demo's, replaced at each run)."""
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM follows WHERE follower_id = %s", (follower_id,))
+        return cur.rowcount
+
+
 def add_traders(conn: Conn, wallets: list[str]) -> int:
     """Add (or re-activate) cold-tier traders."""
     clean = normalize_wallets(wallets)
@@ -132,19 +139,11 @@ def followed_markets(conn: Conn, limit: int) -> list[str]:
 
 # --- per-wallet state (pollers, through the writer) ---------------------------------------------
 
-def load_wallet_state(conn: Conn, wallets: list[str], overlap_seconds: int = 0) -> dict[str, dict[str, Any]]:
-    """Watermark, open positions and the ids of the trades in the overlap window behind the
-    watermark (those the next read re-reads: already seen) of each wallet: what a poller resumes from."""
+def load_wallet_state(conn: Conn, wallets: list[str]) -> dict[str, dict[str, Any]]:
+    """Watermark, open positions (with their close evidence) and malformed items of each wallet: what a
+    poller resumes from."""
     out: dict[str, dict[str, Any]] = {
-        w: {"last_trade_at": None, "last_success_at": None, "positions": {}, "recent_trade_ids": set(),
-            "rejected": {}}
-        for w in wallets}
-    for wallet, trade_id in conn.execute(
-        "SELECT t.wallet, t.trade_id FROM wallet_poll_state s JOIN trades_public t ON t.wallet = s.wallet "
-        "AND t.traded_at >= s.last_trade_at - make_interval(secs => %s) WHERE s.wallet = ANY(%s)",
-        (overlap_seconds, wallets),
-    ).fetchall():
-        out[wallet]["recent_trade_ids"].add(trade_id)
+        w: {"last_trade_at": None, "last_success_at": None, "positions": {}, "rejected": {}} for w in wallets}
     for wallet, last_trade_at, last_success_at in conn.execute(
         "SELECT wallet, last_trade_at, last_success_at FROM wallet_poll_state WHERE wallet = ANY(%s)", (wallets,)
     ).fetchall():
@@ -181,6 +180,31 @@ def window_trades(conn: Conn, wallet: str, windows: list[tuple[str, datetime]],
         ([a for a, _ in windows], [s for _, s in windows], wallet),
     ).fetchall():
         out[asset].append((int(ts), side, size))
+    return out
+
+
+# --- the global feed, the stream, the market watcher ---------------------------------------------
+
+def feed_cursor(conn: Conn, name: str) -> datetime | None:
+    """The global feed tail's position: block time of the newest row it read (None: never)."""
+    row = conn.execute("SELECT block_time FROM feed_cursors WHERE name = %s", (name,)).fetchone()
+    return row[0] if row else None
+
+
+def unconfirmed_stream_rows(conn: Conn, older_than_seconds: float) -> int:
+    """Stream rows that no REST read confirmed within ``older_than_seconds``."""
+    row = conn.execute("SELECT count(*) FROM trades_public WHERE confirmed_at IS NULL "
+                       "AND created_at < now() - make_interval(secs => %s)", (older_than_seconds,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def held_markets(conn: Conn, wallets: list[str]) -> dict[str, list[str]]:
+    """The markets these wallets hold in ``positions_current``: ``{condition_id: [wallets]}``."""
+    out: dict[str, list[str]] = {}
+    for cid, wallet in conn.execute("SELECT DISTINCT condition_id, wallet FROM positions_current "
+                                    "WHERE wallet = ANY(%s)", (wallets,)).fetchall():
+        out.setdefault(cid, []).append(wallet)
     return out
 
 

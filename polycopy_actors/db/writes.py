@@ -7,6 +7,7 @@ by the DbWriter actor (and the writer benchmark).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +17,7 @@ import psycopg
 
 from polycopy_actors.api.models import Trade
 from polycopy_actors.api.transport import Rejected
-from polycopy_actors.logic.poll_result import PollResult
+from polycopy_actors.logic.poll_result import DetectedTrades, PollResult
 from polycopy_actors.logic.reconcile import Close, Held
 
 
@@ -34,18 +35,35 @@ class WriteBuffer:
     """Pending rows keyed by conflict key (pure; owned by the writer)."""
 
     def __init__(self) -> None:
-        self.trades: dict[str, tuple[Trade, str]] = {}
+        #: trade_id -> (trade, tier, source); a REST row (feed, wallet) wins over a stream row.
+        self.trades: dict[str, tuple[Trade, str, str]] = {}
+        #: The global feed's cursor per name (block time of the newest row read).
+        self.feed_cursors: dict[str, datetime] = {}
         self.positions: dict[tuple[str, str], Held] = {}
         self.closes: dict[tuple[str, str, datetime], Close] = {}
         self.rejected: dict[tuple[str, str, str], tuple[Rejected, int]] = {}
         self.states: dict[str, _State] = {}
 
     def __len__(self) -> int:
-        return len(self.trades) + len(self.positions) + len(self.closes) + len(self.rejected) + len(self.states)
+        return (len(self.trades) + len(self.positions) + len(self.closes) + len(self.rejected) + len(self.states)
+                + len(self.feed_cursors))
+
+    def _trade(self, t: Trade, tier: str, source: str) -> None:
+        old = self.trades.get(t.trade_id)
+        if source == "stream" and old is not None:
+            return  # the buffered row is as good (stream) or better (REST)
+        self.trades[t.trade_id] = (t, tier, source if old is None or old[2] == "stream" else old[2])
+
+    def add_detected(self, d: DetectedTrades) -> None:
+        for t in d.trades:
+            self._trade(t, d.tier, d.source)
+        if d.feed_cursor is not None:
+            name, at = d.feed_cursor
+            self.feed_cursors[name] = max(at, self.feed_cursors.get(name, at))
 
     def add(self, r: PollResult) -> None:
         for t in r.trades:
-            self.trades[t.trade_id] = (t, r.tier)
+            self._trade(t, r.tier, "wallet")
         for item in r.rejected:
             key = (item.wallet, item.route, item.key)
             self.rejected[key] = (item, self.rejected[key][1] + 1 if key in self.rejected else 1)
@@ -81,24 +99,50 @@ class WriteBuffer:
 
 
 # Parameters travel in binary (%b): parsing 13 text arrays of a big batch costs more than the upsert.
+# A REST row (global feed, wallet read) is the record: it confirms a stream row and its values win,
+# except that it never blanks what an earlier read knew (a fresh row has no outcome index or title yet).
 _TRADES_SQL = """
 INSERT INTO trades_public AS t (trade_id, wallet, condition_id, asset, side, size, price, outcome, outcome_index,
-                                title, slug, transaction_hash, traded_at)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[],
-                     %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])
+                                title, slug, transaction_hash, traded_at, source, confirmed_at)
+SELECT g.*, CASE WHEN g.source = 'stream' THEN NULL ELSE now() END
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::numeric[], %b::numeric[],
+            %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[])
+     AS g(trade_id, wallet, condition_id, asset, side, size, price, outcome, outcome_index, title, slug,
+          transaction_hash, traded_at, source)
 ON CONFLICT (trade_id) DO UPDATE SET
     wallet = excluded.wallet, condition_id = excluded.condition_id, asset = excluded.asset, side = excluded.side,
-    size = excluded.size, price = excluded.price, outcome = excluded.outcome,
-    outcome_index = excluded.outcome_index, title = excluded.title, slug = excluded.slug,
-    transaction_hash = excluded.transaction_hash, traded_at = excluded.traded_at, updated_at = now()
--- Latest wins, but the overlap re-read of unchanged rows writes nothing (no dead tuples, no recount).
-WHERE (t.wallet, t.condition_id, t.asset, t.side, t.size, t.price, t.outcome, t.outcome_index, t.title, t.slug,
-       t.transaction_hash, t.traded_at)
-      IS DISTINCT FROM
-      (excluded.wallet, excluded.condition_id, excluded.asset, excluded.side, excluded.size, excluded.price,
-       excluded.outcome, excluded.outcome_index, excluded.title, excluded.slug, excluded.transaction_hash,
-       excluded.traded_at)
+    size = excluded.size, price = excluded.price, outcome = coalesce(excluded.outcome, t.outcome),
+    outcome_index = coalesce(excluded.outcome_index, t.outcome_index), title = coalesce(excluded.title, t.title),
+    slug = coalesce(excluded.slug, t.slug), transaction_hash = excluded.transaction_hash,
+    traded_at = excluded.traded_at, confirmed_at = coalesce(t.confirmed_at, now()), updated_at = now()
+-- A stream row never overwrites a stored row; the overlap re-read of an unchanged, confirmed row writes
+-- nothing (no dead tuples, no recount).
+WHERE excluded.source <> 'stream' AND (
+      t.confirmed_at IS NULL
+      OR (t.wallet, t.condition_id, t.asset, t.side, t.size, t.price, t.transaction_hash, t.traded_at)
+         IS DISTINCT FROM
+         (excluded.wallet, excluded.condition_id, excluded.asset, excluded.side, excluded.size, excluded.price,
+          excluded.transaction_hash, excluded.traded_at)
+      OR (excluded.outcome IS NOT NULL AND excluded.outcome IS DISTINCT FROM t.outcome)
+      OR (excluded.outcome_index IS NOT NULL AND excluded.outcome_index IS DISTINCT FROM t.outcome_index)
+      OR (excluded.title IS NOT NULL AND excluded.title IS DISTINCT FROM t.title)
+      OR (excluded.slug IS NOT NULL AND excluded.slug IS DISTINCT FROM t.slug))
 RETURNING trade_id, (xmax = 0) AS inserted
+"""
+
+# DESIGN §3: each new row (an insert, never a re-read) is announced in the transaction that writes it.
+_NOTIFY_SQL = "SELECT pg_notify('polycopy_trades', p) FROM unnest(%s::text[]) AS p"
+
+# A position row knows its token's outcome index: trades stored without one (fresh rows) get it.
+_ENRICH_SQL = """
+UPDATE trades_public t SET outcome_index = g.outcome_index, updated_at = now()
+FROM unnest(%b::text[], %b::text[], %b::int[]) AS g(wallet, asset, outcome_index)
+WHERE t.wallet = g.wallet AND t.asset = g.asset AND t.outcome_index IS NULL AND g.outcome_index IS NOT NULL
+"""
+
+_FEED_CURSOR_SQL = """
+INSERT INTO feed_cursors AS f (name, block_time) SELECT * FROM unnest(%b::text[], %b::timestamptz[])
+ON CONFLICT (name) DO UPDATE SET block_time = greatest(f.block_time, excluded.block_time), updated_at = now()
 """
 
 # Fencing: positions and closes of a wallet whose lease another owner holds are not written
@@ -172,22 +216,33 @@ ON CONFLICT (wallet) DO UPDATE SET
 def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = "") -> dict[str, Any]:
     """Write a whole buffer inside the caller's transaction; returns what was written. ``owner``: this
     process's lease owner (rows of wallets another owner leases are fenced off)."""
-    written: dict[str, Any] = {"trades": {}, "closed": {}, "lags": [], "fenced": 0}
+    written: dict[str, Any] = {"trades": {}, "new_trades": 0, "closed": {}, "lags": [], "detected": [], "fenced": 0}
     now = time.time()
     with conn.cursor() as cur:
         if buf.trades:
-            rows = [t for t, _ in buf.trades.values()]
+            entries = list(buf.trades.values())
+            rows = [t for t, _, _ in entries]
             cur.execute(_TRADES_SQL, (
                 [t.trade_id for t in rows], [t.wallet for t in rows], [t.condition_id for t in rows],
                 [t.asset for t in rows], [t.side for t in rows], [t.size for t in rows], [t.price for t in rows],
                 [t.outcome for t in rows], [t.outcome_index for t in rows], [t.title for t in rows],
                 [t.slug for t in rows], [t.transaction_hash for t in rows], [t.traded_at for t in rows],
+                [source for _, _, source in entries],
             ))
+            notices = []
             for trade_id, inserted in cur.fetchall():
-                t, tier = buf.trades[trade_id]
+                t, tier, source = buf.trades[trade_id]
                 written["trades"][tier] = written["trades"].get(tier, 0) + 1
                 if inserted:  # the ingest lag of a trade is measured once, when it first lands
+                    written["new_trades"] += 1
                     written["lags"].append(max(0.0, now - t.timestamp))
+                    written["detected"].append((source, max(0.0, now - t.timestamp)))
+                    notices.append(json.dumps({"wallet": t.wallet, "trade_id": trade_id, "tier": tier}))
+            if notices:
+                cur.execute(_NOTIFY_SQL, (notices,))
+        if buf.feed_cursors:
+            names = list(buf.feed_cursors)
+            cur.execute(_FEED_CURSOR_SQL, (names, [buf.feed_cursors[n] for n in names]))
         if buf.closes:
             cl = list(buf.closes.values())
             ps = [c.held.position for c in cl]
@@ -211,6 +266,10 @@ def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = ""
                 [p.last_event_at for p in ps], [p.first_entry_at for p in ps], owner,
             ))
             written["fenced"] = len(hs) - len(cur.fetchall())
+            known = [p for p in ps if p.outcome_index is not None]
+            if known:
+                cur.execute(_ENRICH_SQL, ([p.wallet for p in known], [p.asset for p in known],
+                                          [p.outcome_index for p in known]))
         if buf.rejected:
             items = list(buf.rejected.values())
             cur.execute(_REJECTED_SQL, (

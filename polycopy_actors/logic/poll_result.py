@@ -30,3 +30,20 @@ class PollResult:
     closes: tuple[Close, ...] = field(default=())
     rejected: tuple[Rejected, ...] = ()
     final: bool = True
+
+
+#: Where a trade row came from. ``stream`` rows are fast but unconfirmed; the REST sources confirm.
+SOURCES = ("stream", "feed", "wallet")
+
+
+@dataclass(frozen=True)
+class DetectedTrades:
+    """Trades detected by the stream or the global feed, for the writer's fast lane (written at once).
+
+    They never move a wallet's cursor. ``feed_cursor``: the feed's new position (block time of the
+    newest row it read), written in the same transaction as the trades."""
+
+    tier: str
+    source: str
+    trades: tuple[Trade, ...]
+    feed_cursor: tuple[str, datetime] | None = None

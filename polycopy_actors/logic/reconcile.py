@@ -160,12 +160,20 @@ _ORDER = {"BUY": 0, "SELL": 1, "MERGE": 2, "REDEEM": 3}
 
 
 def replay(seen_size: Decimal, as_of: int, trades: WindowTrades, activity: list[tuple[int, str, str]],
-           condition_id: str) -> str | None:
+           condition_id: str, opened_at: int | None = None) -> str | None:
     """What removed a position the snapshot showed with ``seen_size`` as of its last event ``as_of``
     (v2's ``last_event_at``): replay, in time order, the trades after it and its market's REDEEM and
     MERGE from its second on; the first event that leaves nothing decides (a sale -> ``manual_close``,
-    a merge -> ``manual_close``, a redemption -> ``redeemed``). None: nothing after it explains it."""
-    acts = [(ts, kind) for ts, kind, cid in activity if cid == condition_id and ts >= as_of]
+    a merge -> ``manual_close``, a redemption -> ``redeemed``). None: nothing after it explains it.
+
+    A REDEEM or MERGE in the opening's own first second (``opened_at``, v2's ``first_entry_at``), when the
+    wallet held an earlier opening (it bought before that second), closed the earlier opening: the API
+    says this opening began in that second, so the earlier one had ended, and only that event ends it
+    (merge what was held, buy again). Without an earlier opening it can only have come after the
+    purchases of that second."""
+    earlier = opened_at is not None and any(side == "BUY" and ts < opened_at for ts, side, _ in trades.trades)
+    acts = [(ts, kind) for ts, kind, cid in activity
+            if cid == condition_id and ts >= as_of and not (earlier and ts == opened_at)]
     later = [a for a in acts if a[0] > as_of]
     if later and not any(side == "BUY" and ts > as_of for ts, side, _ in trades.trades):
         # One in the snapshot's own second may have come before its last event (the snapshot showed
@@ -196,7 +204,7 @@ def explain(held: Held, trades: WindowTrades, activity: list[tuple[int, str, str
     if p.last_event_at is not None:  # v2: the snapshot says what it had shown
         if p.first_entry_at is not None and trades.sold_out_since(p.first_entry_at):
             return True, None, False
-        cause = replay(p.size, p.last_event_at, trades, activity, p.condition_id)
+        cause = replay(p.size, p.last_event_at, trades, activity, p.condition_id, p.first_entry_at)
         return cause == MANUAL_CLOSE, "REDEEM" if cause == REDEEMED else None, False
     since = max(window_start, trades.last_buy() or 0)
     return False, closing_activity(activity, p.condition_id, since), trades.maybe_sold_out(p.size, None)

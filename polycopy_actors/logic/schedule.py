@@ -76,6 +76,14 @@ class Schedule:
             self._due[wallet] = due
             heapq.heappush(self._heap, (due, wallet))
 
+    def sooner(self, wallet: str, due: float) -> bool:
+        """Bring a scheduled wallet's next poll forward to ``due`` (never back); True if it moved."""
+        if wallet in self._due and due < self._due[wallet] != float("inf"):
+            self._due[wallet] = due
+            heapq.heappush(self._heap, (due, wallet))
+            return True
+        return False
+
     def park(self, wallet: str) -> None:
         """Keep the wallet but never due again (one pass done in ``--once`` or sweep mode)."""
         if wallet in self._due:

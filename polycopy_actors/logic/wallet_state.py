@@ -49,8 +49,6 @@ class WalletState:
     wallet: str
     #: Time of the newest trade read (never wall-clock "now"); None before the first read.
     watermark: datetime | None = None
-    #: Trade ids of the last successful read (what "new since the last poll" means for the counts).
-    recent_ids: frozenset[str] | None = None
     positions: dict[str, Held] = field(default_factory=dict)
     #: Reads that served each malformed item (by item key), this process and earlier ones.
     rejected_reads: dict[str, int] = field(default_factory=dict)
@@ -71,8 +69,7 @@ class WalletState:
                         p["opened_at"], p["last_seen_at"], p["missing_since"])
             for asset, p in stored["positions"].items()
         }
-        recent = frozenset(stored["recent_trade_ids"]) if stored["last_trade_at"] is not None else None
-        return cls(wallet, stored["last_trade_at"], recent, positions, dict(stored["rejected"]))
+        return cls(wallet, stored["last_trade_at"], positions, dict(stored["rejected"]))
 
     # --- trades -----------------------------------------------------------------------------------
 
@@ -91,16 +88,8 @@ class WalletState:
         served malformed ``hold_reads`` times: then it is passed over (it stays in ``rejected_items``)."""
         return any(self.rejected_reads.get(r.key, 0) < hold_reads for r in rejected)
 
-    def new_trades(self, trades: list[Trade]) -> int:
-        """How many of a read's trades the previous read did not have (the overlap re-read is not new)."""
-        if self.recent_ids is not None:
-            return sum(1 for t in trades if t.trade_id not in self.recent_ids)
-        after = 0 if self.watermark is None else self.watermark.timestamp()
-        return sum(1 for t in trades if t.timestamp > after)
-
     def trades_read(self, trades: list[Trade], hold_cursor: bool) -> datetime | None:
         """Record a successful trades read; returns the cursor to store (None: keep the stored one)."""
-        self.recent_ids = frozenset(t.trade_id for t in trades)
         self.trade_errors = 0
         if hold_cursor or not trades:
             return None

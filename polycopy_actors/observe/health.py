@@ -20,6 +20,8 @@ class HealthState:
         self.last_poll_success = time.monotonic()
         self.db_down_since: float | None = None
         self.writer_rows = 0
+        #: How trades are detected: ``stream`` (connected/down/off), ``feed`` (ok/down/off).
+        self._paths: dict[str, str] = {}
 
     def polling_started(self) -> None:
         with self._lock:
@@ -44,6 +46,22 @@ class HealthState:
     def set_writer_rows(self, rows: int) -> None:
         with self._lock:
             self.writer_rows = rows
+
+    def set_path(self, name: str, state: str) -> None:
+        with self._lock:
+            self._paths[name] = state
+
+    def paths(self) -> dict[str, str]:
+        """The detection paths and which one leads now (``/healthz`` JSON): stream, feed, wallet polling."""
+        with self._lock:
+            paths = dict(self._paths)
+        if not paths:
+            return {}
+        if paths.get("stream") == "connected":
+            paths["detection"] = "stream" + ("+feed" if paths.get("feed") == "ok" else "")
+        else:
+            paths["detection"] = "feed" if paths.get("feed") == "ok" else "wallet polling"
+        return paths
 
     def check(self) -> tuple[bool, str]:
         with self._lock:

@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 class MetricsServer:
     """``/metrics`` and ``/healthz`` on a daemon thread; ``health`` may be a callable or HealthState."""
 
-    def __init__(self, host: str, port: int, health: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(self, host: str, port: int, health: Callable[[], tuple[bool, str]],
+                 details: Callable[[], dict[str, str]] | None = None) -> None:
+        """``details``: more fields for the ``/healthz`` JSON (the detection paths)."""
         registry = registry_for_exposition()
         health_fn = health
+        details_fn = details
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
@@ -31,7 +34,10 @@ class MetricsServer:
                     self._send(200, CONTENT_TYPE_LATEST, body)
                 elif self.path.split("?")[0] == "/healthz":
                     ok, reason = health_fn()
-                    body = json.dumps({"status": "ok" if ok else "unhealthy", "reason": reason}).encode()
+                    answer: dict[str, object] = {"status": "ok" if ok else "unhealthy", "reason": reason}
+                    if details_fn is not None and (extra := details_fn()):
+                        answer["paths"] = extra
+                    body = json.dumps(answer).encode()
                     self._send(200 if ok else 503, "application/json", body)
                 else:
                     self._send(404, "text/plain", b"not found\n")

@@ -56,6 +56,19 @@ WATERMARK_LAG = Gauge("polycopy_oldest_watermark_lag_seconds",
 HEALTHY = Gauge("polycopy_healthy", "1 while this process's health check passes (sharded: one sample per pid)",
                 multiprocess_mode="liveall")
 DB_POOL = Gauge("polycopy_db_pool_connections", "Pool statistics", ["state"], multiprocess_mode="livesum")
+# The stream, the global feed and reconciliation on demand (DESIGN §3, §5).
+STREAM_CONNECTED = Gauge("polycopy_stream_connected", "1 while the RTDS stream is connected and subscribed",
+                         multiprocess_mode="livemin")
+STREAM_MESSAGES = Counter("polycopy_stream_messages_total", "RTDS trade frames by what became of them", ["result"])
+STREAM_RECONNECTS = Counter("polycopy_stream_reconnects_total", "RTDS connections opened again after one ended")
+STREAM_UNCONFIRMED = Gauge("polycopy_stream_unconfirmed_rows",
+                           "Stream rows no REST read confirmed within stream.unconfirmed_after_seconds",
+                           multiprocess_mode="max")
+FEED_LAG = Gauge("polycopy_feed_lag_seconds", "now - block time of the newest row the global feed tail has read",
+                 multiprocess_mode="max")
+RECONCILES = Counter("polycopy_reconciles_total", "Wallet reads on demand, by what asked for them", ["reason"])
+DETECT_LAG = Histogram("polycopy_trade_detect_lag_seconds", "now - trade time when a fill is first stored",
+                       ["source"], buckets=_LAG)
 
 
 def shards_healthy() -> bool | None:
@@ -92,8 +105,14 @@ def _initialise_label_sets() -> None:
         POSITIONS_CLOSED.labels(reason)
     for result in ("ok", "error"):
         DB_FLUSHES.labels(result)
-    for actor in ("limiter", "writer", "pool", "poller", "monitor", "shard"):
+    for actor in ("limiter", "writer", "pool", "poller", "monitor", "shard", "stream", "feed", "markets"):
         ACTOR_RESTARTS.labels(actor)
+    for result in ("kept", "other_wallet", "malformed"):
+        STREAM_MESSAGES.labels(result)
+    for reason in ("trade", "market", "redeemable", "backfill", "cycle"):
+        RECONCILES.labels(reason)
+    for source in ("stream", "feed", "wallet"):
+        DETECT_LAG.labels(source)
 
 
 _initialise_label_sets()

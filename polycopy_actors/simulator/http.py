@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from polycopy_actors.simulator.routes import ApiFail, Routes
+from polycopy_actors.simulator.rtds import RtdsServer
 from polycopy_actors.simulator.world import World
 
 #: Requests per 10 s per route (the data API's and gamma's documented limits).
@@ -51,7 +52,8 @@ class Faults:
     malformed_item_rate: float = 0.0
     #: Only these wallets' requests are faulty (None: every request).
     wallets: frozenset[str] | None = None
-    #: Only these routes' requests are faulty (None: every route), e.g. ``{"/v2/positions", "/markets"}``.
+    #: Only these routes' requests are faulty (None: every route), e.g. ``{"/v2/positions", "/markets"}``;
+    #: ``/v2/trades?global`` names the bare global feed alone.
     routes: frozenset[str] | None = None
     #: Rows of these transactions are always served without their ``size`` (a row that never validates).
     broken_txs: frozenset[str] = frozenset()
@@ -78,6 +80,19 @@ class SimConfig:
     positions_lag_seconds: float = 0.0
     #: Rows of one gamma ``/markets`` answer at most (the live API cuts answers short).
     gamma_max_rows: int = GAMMA_MAX_ROWS
+    #: Delay from the match until a wallet's own trade routes (v2 ``/v2/trades?user=``, v1) show a fill
+    #: (live: about 5 s); 0 = at once.
+    user_feed_delay_seconds: float = 0.0
+    #: The same for the bare global ``/v2/trades`` (live: about 7 s).
+    global_feed_delay_seconds: float = 0.0
+    #: The RTDS stream sends a fill this long after the match (live: about 2 s).
+    stream_delay_seconds: float = 2.0
+    #: Share of stream frames never sent (live coverage with PING: 99.7 %).
+    stream_loss_rate: float = 0.0
+    #: Share of stream frames whose payload ``timestamp`` is one second before the block time.
+    stream_early_rate: float = 0.7
+    #: A connection that sent no ``PING`` for this long goes silent without closing (live: about 6 min).
+    stream_ping_grace_seconds: float = 360.0
     #: Called with (path, query) before each API request is answered (tests: fills that arrive mid-walk).
     before_request: Callable[[str, dict[str, str]], None] | None = None
 
@@ -148,7 +163,8 @@ class RateLimiter:
 class Simulator:
     """The world plus the HTTP behaviour; ``start()`` serves it on 127.0.0.1."""
 
-    def __init__(self, world: World, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, world: World, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0,
+                 rtds: bool = True) -> None:
         self.world = world
         self.config = config or SimConfig()
         self.log = RequestLog()
@@ -166,24 +182,44 @@ class Simulator:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="simulator-http", daemon=True)
         self._driver: threading.Thread | None = None
         self._driver_stop = threading.Event()
+        #: The RTDS websocket beside the HTTP API (``rtds_url``; empty without it).
+        self.rtds = RtdsServer(world, lambda: self.config, host) if rtds else None
+        self.rtds_url = self.rtds.url if self.rtds is not None else ""
 
     # --- life cycle --------------------------------------------------------------------------------
 
     def start(self) -> Simulator:
         self._thread.start()
+        if self.rtds is not None:
+            self.rtds.start()
         return self
 
     def stop(self) -> None:
         self.stop_driver()
+        if self.rtds is not None:
+            self.rtds.stop()
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def drive(self, interval_seconds: float, max_events: int | None = None) -> None:
-        """Step the world every ``interval_seconds`` on a background thread."""
+    def drive(self, interval_seconds: float, max_events: int | None = None, background_wallets: int = 0,
+              background_fills_per_second: float = 0.0) -> None:
+        """Step the world every ``interval_seconds`` on a background thread; with ``background_wallets``,
+        also that many other traders fill ``background_fills_per_second`` (the platform's flow)."""
+        others = [self.world.add_wallet() for _ in range(background_wallets)] if background_wallets else []
+        # The followed wallets' events stay in world.wallets; the background traders are only in `others`.
+        if others:
+            with self.world.lock:
+                del self.world.wallets[-len(others):]
+
         def run() -> None:
             n = 0
+            owed = 0.0
             while not self._driver_stop.wait(interval_seconds):
                 self.world.step()
+                if others:
+                    owed += background_fills_per_second * interval_seconds
+                    self.world.background(others, int(owed))
+                    owed -= int(owed)
                 n += 1
                 if max_events is not None and n >= max_events:
                     return
@@ -285,8 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
             if self.sim.config.before_request is not None:
                 self.sim.config.before_request(path, q)
             faults = self.sim.config.faults
+            global_feed = path == "/v2/trades" and not any(
+                q.get(k) for k in ("user", "condition", "condition_id", "conditionId", "event_id"))
             applies = ((faults.wallets is None or wallet in faults.wallets)
-                       and (faults.routes is None or path in faults.routes))
+                       and (faults.routes is None or path in faults.routes
+                            or (global_feed and "/v2/trades?global" in faults.routes)))
             retry_after = self.sim.limiter.admit(self.sim._limit_keys(path), self.sim.config.limits,
                                             self.sim.config.max_delay_seconds)
             if retry_after is not None:
@@ -332,7 +371,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
         payload = json.loads(self.rfile.read(length) or b"{}")
-        if self.path == "/_sim/faults":
+        if self.path == "/_sim/stream" and self.sim.rtds is not None:
+            if "stalled" in payload:
+                self.sim.rtds.stall(bool(payload["stalled"]))
+            if payload.get("drop"):
+                self.sim.rtds.drop()
+            self._send(200, "application/json", json.dumps(self.sim.rtds.snapshot()).encode(), {})
+        elif self.path == "/_sim/faults":
             wallets = payload.pop("wallets", None)
             routes = payload.pop("routes", None)
             broken = payload.pop("broken_txs", ())

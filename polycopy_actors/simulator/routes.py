@@ -102,8 +102,19 @@ class Routes:
 
     # --- data API v1 -----------------------------------------------------------------------------------
 
+    def _visible(self, wallet: str | None) -> list[SimFill]:
+        """The fills a route shows now: a wallet's feed ``user_feed_delay_seconds`` after the match, the
+        global feed ``global_feed_delay_seconds`` after it."""
+        cfg = self.sim.config
+        delay = cfg.user_feed_delay_seconds if wallet is not None else cfg.global_feed_delay_seconds
+        fills = self.world.fills_by_wallet.get(wallet, []) if wallet is not None else self.world.fills
+        if delay <= 0:
+            return fills
+        cutoff = time.time() - delay
+        return [f for f in fills if f.matched_at <= cutoff]
+
     def _fills_of(self, wallet: str | None, taker_only: bool) -> list[SimFill]:
-        rows = [f for f in self.world.fills if (wallet is None or f.wallet == wallet) and (f.taker or not taker_only)]
+        rows = [f for f in self._visible(wallet) if f.taker or not taker_only]
         rows.sort(key=lambda f: (f.timestamp, f.seq), reverse=True)
         return rows
 
@@ -120,7 +131,7 @@ class Routes:
     def _activity_rows(self, wallet: str, types: set[str] | None, start: int, end: int) -> list[tuple[int, int, Any]]:
         rows: list[tuple[int, int, Any]] = []
         if types is None or "TRADE" in types:
-            rows += [(f.timestamp, f.seq, f) for f in self.world.fills if f.wallet == wallet]
+            rows += [(f.timestamp, f.seq, f) for f in self._visible(wallet)]
         rows += [(a.timestamp, a.seq, a) for a in self.world.activity
                  if a.wallet == wallet and (types is None or a.type in types)]
         rows = [r for r in rows if start <= r[0] <= end]
@@ -192,10 +203,13 @@ class Routes:
             raw_start = _int_param(q, "start", 0, 0, None)
             start = now - 3 * 365 * 86400 if raw_start == 0 else raw_start
             end = _int_param(q, "end", 0, 0, None) or now + 86400
+        elif kind == "trades" and not any(q.get(k) for k in ("condition", "condition_id", "conditionId", "event_id")):
+            # The bare global feed: the current and previous month; start/end are ignored.
+            start, end = now - 62 * 86400, now + 86400
         else:
             if "start" in q or "end" in q:
                 raise ApiFail(400, "'start'/'end' are only supported with 'user'", parameter="start")
-            start, end = now - 62 * 86400, now + 86400
+            start, end = now - 3 * 365 * 86400, now + 86400
         if kind == "trades":
             rows_t = [(f.timestamp, f.seq, f) for f in self._fills_of(wallet, _bool_param(q, "taker_only", True))]
             conds = q.get("condition") or q.get("condition_id") or q.get("conditionId")

@@ -53,6 +53,8 @@ class SimFill:
     timestamp: int
     tx: str
     taker: bool
+    #: Wall time of the match: every route shows the fill a route-specific delay after it.
+    matched_at: float = 0.0
 
     @property
     def asset(self) -> str:
@@ -107,6 +109,8 @@ class World:
         self.seq = 0
         self.markets: dict[str, SimMarket] = {}
         self.fills: list[SimFill] = []
+        #: The same fills per wallet (the per-wallet routes read these).
+        self.fills_by_wallet: dict[str, list[SimFill]] = {}
         self.activity: list[SimActivity] = []
         self.positions: dict[tuple[str, str], SimPosition] = {}
         self.closes: list[ExpectedClose] = []
@@ -185,8 +189,9 @@ class World:
                     raise ValueError("nothing to sell")
                 size = min(size, pos.size)
             fill = SimFill(self._next_seq(), wallet, market, outcome_index, side, size, price, ts,
-                           tx or _hex(self.rng, 64), taker)
+                           tx or _hex(self.rng, 64), taker, matched_at=time.time())
             self.fills.append(fill)
+            self.fills_by_wallet.setdefault(wallet, []).append(fill)
             if side == "BUY":
                 if pos is None:
                     pos = SimPosition(wallet, market, outcome_index, opened_at=ts)
@@ -206,6 +211,13 @@ class World:
                                                      pos.opened_at, ts), pos)
             self._logged(key)
             return fill
+
+    def replace_fill(self, old: SimFill, new: SimFill) -> None:
+        """The API reports a fill differently from now on (a corrected price, say)."""
+        with self.lock:
+            self.fills[self.fills.index(old)] = new
+            mine = self.fills_by_wallet[old.wallet]
+            mine[mine.index(old)] = new
 
     def multi_fill(self, wallet: str, fills: list[tuple[SimMarket, int, str, Any, Any]], ts: int | None = None,
                    ) -> list[SimFill]:
@@ -294,6 +306,22 @@ class World:
                 side = "BUY" if i % 4 != 3 else "SELL"
                 self.trade(wallet, market, i % 2 if side == "BUY" else (i - 1) % 2, side,
                            Decimal(self.rng.randint(1, 20)), ts=ts, taker=i % 3 != 0)
+
+    def background(self, wallets: list[str], fills: int) -> None:
+        """``fills`` random fills of other traders (the platform's flow a global stream or feed carries):
+        buys, and sales of what they hold."""
+        with self.lock:
+            rng = self.rng
+            open_markets = self.open_markets() or [self.add_market()]
+            for _ in range(fills):
+                wallet = rng.choice(wallets)
+                market = rng.choice(open_markets)
+                index = rng.randint(0, 1)
+                pos = self.positions.get((wallet, market.assets[index]))
+                if pos is not None and pos.size > 0 and rng.random() < 0.4:
+                    self.trade(wallet, market, index, "SELL", (pos.size / 2).quantize(D2) or pos.size)
+                else:
+                    self.trade(wallet, market, index, "BUY", rng.randint(1, 100), taker=rng.random() < 0.5)
 
     def step(self) -> None:
         """One random event (the demo and busy-world tests drive the world with this)."""

@@ -1,0 +1,81 @@
+"""MarketWatcher actor: notices when a market the tier's wallets hold closes or resolves.
+
+Owns: the set of markets it has seen closed (asked no more), one :class:`PolymarketClient`, and its
+timer. Every ``reconcile.market_watch_interval_seconds`` it asks the DbWriter which markets the
+wallets of this shard hold in ``positions_current``, asks gamma for the state of those not yet seen
+closed (batches of 20, ``closed=true`` first: see :meth:`~polycopy_actors.api.gamma.Gamma.market_states`),
+and asks for a read of every holder of a market that closed (reason ``market``): the poller then
+sees the positions turn redeemable, or vanish, and classifies the closes from the evidence. Its
+requests go through the tier's rate limiter. Driven by ``tell(Tick)`` that it sends itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pykka
+
+from polycopy_actors.actors.base import TierApiActor
+from polycopy_actors.actors.context import TierContext, shard_wallets
+from polycopy_actors.actors.messages import ASK_TIMEOUT_SECONDS, HeldMarkets, Tick
+from polycopy_actors.api.client import ApiError, Stopped
+
+log = logging.getLogger(__name__)
+
+#: Closed markets remembered (a closed market never opens again; the set is bounded all the same).
+MAX_REMEMBERED = 200_000
+
+
+class MarketWatcherActor(TierApiActor):
+    """See the module docstring."""
+
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext,
+                 limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
+        super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter, writer=writer)
+        self.closed: set[str] = set()
+
+    def receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            self._tick()
+        return None
+
+    def _tick(self) -> None:
+        interval = self.ctx.settings.reconcile.market_watch_interval_seconds
+        if self.ctx.stopping.wait(interval):
+            return
+        try:
+            self._watch()
+        except Stopped:
+            return
+        self.actor_ref.tell(Tick())
+
+    def _watch(self) -> None:
+        assert self.client is not None
+        try:
+            wallets = shard_wallets(self.ctx, self.writer)
+            held: dict[str, list[str]] = self.writer.ask(HeldMarkets(tuple(sorted(wallets))),
+                                                         timeout=ASK_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the database is down: next round
+            log.warning("market watch: the database did not answer (%s); next round", exc)
+            return
+        ask = sorted(cid for cid in held if cid not in self.closed)
+        if not ask:
+            return
+        try:
+            states = self.client.market_states(ask)
+        except ApiError as exc:
+            log.warning("market watch: gamma failed (%s: %s); next round", exc.kind, exc)
+            return
+        now = time.monotonic()
+        newly = [cid for cid in ask if states.get(cid) is True]
+        for cid in newly:
+            for wallet in held[cid]:
+                self.ctx.demand.post(wallet, "market", now)
+        if len(self.closed) + len(newly) > MAX_REMEMBERED:
+            self.closed.clear()
+        self.closed.update(newly)
+        if newly:
+            log.info("market watch: %d held market(s) closed; reading their %d holder(s)", len(newly),
+                     len({w for cid in newly for w in held[cid]}))
