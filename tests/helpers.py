@@ -188,7 +188,7 @@ def report(dsn: str, world: World, wallets: list[str]) -> str:
                            if a.wallet == wallet and a.market.condition_id in cids])
     return (f"{detail}; trades missing {dict(t - dt)} extra {dict(dt - t)}; "
             f"positions missing {[k for k in p if p[k] != dp.get(k)]} extra {[k for k in dp if k not in p]}; "
-            f"closes extra {dict(extra)} (truth for those: {truth_of_extra})")
+            f"closes extra {dict(extra)} (truth for those: {truth_of_extra}), missing {dict(c - dc)}")
 
 
 def track_from_now(world: World) -> None:

@@ -147,7 +147,7 @@ def test_lock_of_a_killed_holder_is_taken_over_after_its_ttl(db, cold_world, tmp
 @pytest.mark.timeout(120)
 def test_continuous_sweeps_follow_the_schedule_and_drop_followed_wallets(db, cold_world, tmp_path):
     world, sim, cold, _ = cold_world
-    cfg = cold_config(tmp_path, sweep_interval_seconds=3)
+    cfg = cold_config(tmp_path, sweep_interval_seconds=3, schedule="sweep")
     run = Proc(["--tier", "cold", "--config", str(cfg)], cli_env(db, sim))
     try:
         wait_for(lambda: len([r for r in sweeps(db) if r[3] == "completed"]) >= 1, 30, "a first sweep")

@@ -51,6 +51,9 @@ class FeedTailerActor(TierApiActor):
         self.next_refresh = 0.0
         #: Whether the last state logged was "healthy" (None: nothing logged yet).
         self.healthy_logged: bool | None = None
+        #: Trades already handed on, by id, with their time (the overlap re-reads them: they are neither
+        #: written again nor do they ask for another read); forgotten once below the re-read window.
+        self.seen: dict[str, int] = {}
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
@@ -94,9 +97,12 @@ class FeedTailerActor(TierApiActor):
             return
         newest = max((f.timestamp for f in read.items), default=None)
         mine = sorted((f for f in read.items if f.wallet in self.wallets), key=lambda f: f.timestamp)
-        trades = assign_trade_ids(mine)
+        trades = [t for t in assign_trade_ids(mine) if t.trade_id not in self.seen]
+        self.seen.update((t.trade_id, t.timestamp) for t in trades)
         if newest is not None and newest > self.cursor:
             self.cursor = newest
+        floor = self.cursor - 2 * feed.overlap_seconds
+        self.seen = {k: ts for k, ts in self.seen.items() if ts >= floor}
         if trades or newest is not None:
             self.writer.tell(DetectedTrades(self.ctx.tier, "feed", tuple(trades),
                                             (feed_name(self.ctx), datetime.fromtimestamp(self.cursor, UTC))))

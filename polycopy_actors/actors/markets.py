@@ -6,7 +6,9 @@ wallets of this shard hold in ``positions_current``, asks gamma for the state of
 closed (batches of 20, ``closed=true`` first: see :meth:`~polycopy_actors.api.gamma.Gamma.market_states`),
 and asks for a read of every holder of a market that closed (reason ``market``): the poller then
 sees the positions turn redeemable, or vanish, and classifies the closes from the evidence. Its
-requests go through the tier's rate limiter. Driven by ``tell(Tick)`` that it sends itself.
+requests go through the tier's rate limiter, and one round asks about at most as many markets as a
+tenth of the tier's budget over the interval allows (20 a request); with more held markets than
+that, the rounds take turns through them. Driven by ``tell(Tick)`` that it sends itself.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class MarketWatcherActor(TierApiActor):
                  limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
         super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter, writer=writer)
         self.closed: set[str] = set()
+        #: Where the next round starts in the sorted list of held markets (rounds take turns).
+        self.offset = 0
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
@@ -60,9 +64,14 @@ class MarketWatcherActor(TierApiActor):
         except Exception as exc:  # noqa: BLE001 - the database is down: next round
             log.warning("market watch: the database did not answer (%s); next round", exc)
             return
-        ask = sorted(cid for cid in held if cid not in self.closed)
-        if not ask:
+        pending = sorted(cid for cid in held if cid not in self.closed)
+        if not pending:
             return
+        ts, interval = self.ctx.tier_settings, self.ctx.settings.reconcile.market_watch_interval_seconds
+        most = 20 * max(1, int(ts.rate_limit.requests_per_second / self.ctx.shard_count * interval * 0.1))
+        start = self.offset % len(pending)
+        ask = (pending[start:] + pending[:start])[:most]
+        self.offset = start + len(ask)
         try:
             states = self.client.market_states(ask)
         except ApiError as exc:

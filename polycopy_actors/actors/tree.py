@@ -119,7 +119,7 @@ class ActorSystem:
                  ChildSpec("pool", start_pool, stop_timeout=4.0)]
         if s.api.data_api_version == "v2" and s.api.status_interval_seconds > 0:
             specs.append(ChildSpec("monitor", start_monitor, stop_timeout=3.0))
-        continuous = tier_settings.schedule == "continuous" and not self.once
+        continuous = tier_settings.schedule in ("continuous", "events") and not self.once
         if continuous and s.feed.enabled and s.api.data_api_version == "v2":
             def start_feed(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
                 return FeedTailerActor.start(parent, name="feed", ctx=ctx, limiter=sib["limiter"],

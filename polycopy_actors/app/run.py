@@ -151,7 +151,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         health.running = True
         if shards is not None:
             health.polling_stopped()  # the shards poll; the parent only watches them
-        if ts.schedule == "sweep":
+        if ts.schedule in ("sweep", "events"):
             loop = SweepLoop(settings, tier, db.dsn, runner, once, discover=_discovery(settings, tier, db.dsn))
             return loop.run(stop)
         return runner(stop, once, None, None)

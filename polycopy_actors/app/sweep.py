@@ -1,5 +1,11 @@
 """Cold sweeps: the ``cold_sweep`` database lock, the sweep record, the slot schedule and the loop.
 
+With ``schedule: events`` (the cold tier's default) the process holds the lock for its whole run
+instead: the actor tree runs continuously (the global feed detects every cold trader's trades, wallets
+are read on demand and on the budget's safety-net cycle) and the run is recorded as one row of
+``cold_sweeps`` (outcome ``stopped`` or ``lost_lock``); a second instance waits for the lock. ``--once``
+is one sweep in either schedule.
+
 A sweep is one pass of the tier's actor tree over every cold wallet (least recently polled first),
 run only while this process holds ``acquire_job_lock('cold_sweep', owner, ttl)``. The lock is
 renewed every ``ttl / 3`` from the thread that waits for the sweep (the main thread); if it cannot be
@@ -168,11 +174,16 @@ class SweepLoop:
             log.info("cold tier stopped after %s: sweeps %s", _duration(time.monotonic() - started), done)
 
     def _run(self, stop: threading.Event) -> int:
-        log.info("cold sweeps every %s + up to %s jitter, lock ttl %d s, owner %s",
-                 _duration(self.ts.sweep_interval_seconds), _duration(self.ts.jitter_seconds),
-                 self.ts.lock_ttl_seconds, self.lease.owner)
+        events = self.ts.schedule == "events" and not self.once
+        if events:
+            log.info("cold tier on events under the %s lock (ttl %d s, owner %s): the global feed detects trades, "
+                     "wallets are read on demand", SWEEP_JOB, self.ts.lock_ttl_seconds, self.lease.owner)
+        else:
+            log.info("cold sweeps every %s + up to %s jitter, lock ttl %d s, owner %s",
+                     _duration(self.ts.sweep_interval_seconds), _duration(self.ts.jitter_seconds),
+                     self.ts.lock_ttl_seconds, self.lease.owner)
         while not stop.is_set():
-            if not self.once:
+            if not self.once and not events:
                 delay = self._seconds_to_slot()
                 if delay > 0.5:
                     log.info("next cold sweep in %s", _duration(delay))
@@ -189,15 +200,17 @@ class SweepLoop:
                 if stop.wait(max(wait, 1.0)):
                     break
                 continue
-            code = self._sweep(stop)
+            code = self._sweep(stop, events)
             if code != RET_OK or self.once:
                 return code
         return RET_OK
 
-    def _sweep(self, stop: threading.Event) -> int:
+    def _sweep(self, stop: threading.Event, events: bool = False) -> int:
+        """One sweep (a pass over every wallet), or with ``events`` the continuous run, under the lock."""
         lease = self.lease
         assert lease.started_at is not None
-        log.info("cold sweep %d started: lock %s held by %s (ttl %d s)", lease.sweep_id, SWEEP_JOB, lease.owner,
+        what = "cold run on events" if events else "cold sweep"
+        log.info("%s %d started: lock %s held by %s (ttl %d s)", what, lease.sweep_id, SWEEP_JOB, lease.owner,
                  lease.ttl)
         t0 = time.monotonic()
         lost = False
@@ -212,7 +225,7 @@ class SweepLoop:
         try:
             if self.discover is not None:
                 self.discover()
-            code = self.runner(stop, True, lease.started_at, keep_going)
+            code = self.runner(stop, not events, None if events else lease.started_at, keep_going)
         finally:
             outcome = ("lost_lock" if lost else "stopped" if stop.is_set() else
                        "completed" if code == RET_OK else "failed")
@@ -227,7 +240,7 @@ class SweepLoop:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if outcome == "completed":
                 metrics.COLD_SWEEP_DURATION.observe(duration)
-            log.info("cold sweep %s in %s: %s wallets polled; %s", outcome, _duration(duration),
+            log.info("%s %s in %s: %s wallets polled; %s", what, outcome, _duration(duration),
                      "?" if wallets is None else f"{wallets:,}", released)
         return code
 

@@ -34,10 +34,12 @@ class Interval:
 
 @dataclass(frozen=True)
 class TierSettings:
-    """One tier. ``schedule: continuous`` polls every wallet again and again (hot);
-    ``schedule: sweep`` visits every wallet once per sweep under the cold-sweep lock (cold)."""
+    """One tier. ``schedule: continuous`` runs until stopped (hot): the stream and the global feed detect
+    trades and wallets are read on demand, or every wallet is polled again and again while the feed is
+    down; ``schedule: events`` runs the same way under the cold-sweep lock, one process at a time (cold);
+    ``schedule: sweep`` visits every wallet once per sweep under that lock. ``--once`` is one sweep."""
 
-    schedule: Literal["continuous", "sweep"]
+    schedule: Literal["continuous", "events", "sweep"]
     rate_limit: RateLimit
     #: Minimum time between two polls of the same wallet.
     wallet_cooldown_seconds: float = field(metadata=_rng(ge=0))
