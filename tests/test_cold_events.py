@@ -111,8 +111,9 @@ def test_two_thousand_cold_traders_on_events_end_at_the_ground_truth_on_the_defa
             """What differs, and for each close not written: the wallet's fills and reads (times mod 1000 s)."""
             missing = tracked_closes(world, traders) - db_closes(db, traders)
             out = []
-            for wallet, asset, _ in missing:
-                fills = [(round(f.matched_at % 1000, 1), f.side, str(f.size)) for f in world.fills if f.wallet == wallet]
+            for wallet, _asset, _ in missing:
+                fills = [(round(f.matched_at % 1000, 1), f.side, str(f.size)) for f in world.fills
+                         if f.wallet == wallet]
                 reads = [(round(t % 1000, 1), r) for t, r, w in sim.log.times if w == wallet]
                 out.append((wallet[:10], fills, reads))
             return report(db, world, traders) + f"; DETAIL {out}"
