@@ -105,7 +105,8 @@ def main() -> None:
                 with psycopg.connect(dsn) as conn:
                     queries.follow(conn, sorted(followed), "bench")
                     conn.execute("INSERT INTO wallet_poll_state (wallet, tier, last_polled_at, last_success_at) "
-                                 "SELECT wallet, 'hot', now(), now() FROM follows")
+                                 "SELECT wallet, 'hot', now(), now() FROM follows ON CONFLICT (wallet) DO UPDATE "
+                                 "SET last_polled_at = now(), last_success_at = now()")
                 results[stream] = run_child(sim, dsn, stream, args.warmup, args.seconds)
         off, on = results[False], results[True]
         print(f"{args.wallets} followed wallets, platform flow {args.fills_per_second:g} fills/s, "

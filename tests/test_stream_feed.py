@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from polycopy_actors.simulator import SimConfig, Simulator, World
-from polycopy_actors.simulator.http import DEFAULT_LIMITS, Faults
+from polycopy_actors.simulator.http import DEFAULT_LIMITS, LIVE_CDN_SECONDS, Faults
 from tests.helpers import (
     Proc,
     Running,
@@ -230,3 +230,25 @@ def test_degradation_stream_to_feed_to_wallet_polling_is_said_out_loud(db, tmp_p
     assert sum("global feed down" in line for line in run.lines) == 1, run.log
     assert sum("global feed healthy" in line for line in run.lines) == 2, run.log
     assert "Traceback" not in run.log
+
+
+@pytest.mark.timeout(120)
+def test_the_global_feed_is_never_answered_by_the_cdn(db):
+    """The live CDN caches /v2/trades by exact URL for 300 s: every walk of the feed has its own URL, so a
+    fill lands from the feed seconds after it shows there, walk after walk (the stream off here)."""
+    world = World(seed=71, markets=4, wallets=3)
+    sim = Simulator(world, SimConfig(seed=71, cdn_routes=dict(LIVE_CDN_SECONDS))).start()
+    follow(db, world.wallets)
+    settings = fast_settings(sim, stream={"url": ""},
+                             reconcile={"safety_cycle_min_seconds": 600, "after_trade_delay_seconds": 30})
+    market = world.open_markets()[0]
+    try:
+        with Running(settings, db):
+            wait_for(lambda: len(sim.log.snapshot()["routes"]) > 0, 10, "the first requests")
+            for i in range(3):
+                world.trade(world.wallets[i], market, 0, "BUY", 5 + i)
+                wait_for(lambda: db_trades(db, world.wallets) == truth_trades(world, world.wallets), 10,
+                         f"fill {i + 1} from the feed")
+    finally:
+        sim.stop()
+    assert sources(db).get("feed", 0) >= 3
