@@ -14,6 +14,7 @@ from tests.helpers import (
     Proc,
     cli_env,
     db_trades,
+    fast_timings,
     free_port,
     healthz,
     scrape,
@@ -55,6 +56,8 @@ def test_three_hot_shards_split_the_tier_survive_sigkill_and_share_the_budget(db
         "tiers": {"hot": {"rate_limit": {"requests_per_second": RPS, "burst": BURST},
                           "poll_interval_seconds": {"min": 0.1, "max": 0.2}, "wallet_cooldown_seconds": 0.1,
                           "refresh_interval_seconds": 0.5}},
+        # Each shard tails the feed; its wallets are read on demand as often as they would be polled.
+        "reconcile": fast_timings()["reconcile"], "feed": fast_timings()["feed"],
     })
     run = Proc(["--tier", "hot", "--config", str(cfg)], cli_env(db, sim))
     try:

@@ -167,7 +167,7 @@ class ActorSystem:
         self.root = None
 
     def _pass_label(self) -> str:
-        label = "cold sweep" if self.settings.tier(self.tier).schedule == "sweep" else f"tier {self.tier} pass"
+        label = "cold sweep" if self.settings.tier(self.tier).schedule != "continuous" else f"tier {self.tier} pass"
         return label if self.shard_count == 1 else f"{label} (shard {self.shard_index + 1}/{self.shard_count})"
 
     def _log_progress(self, started: float) -> None:
