@@ -16,10 +16,11 @@ from typing import Any
 import psycopg
 
 from polycopy_actors import __version__
-from polycopy_actors.api.wallets import InvalidWallet
+from polycopy_actors.api.wallets import InvalidWallet, normalize_wallets
 from polycopy_actors.app.logs import setup_logging
 from polycopy_actors.app.multiproc import cleanup_multiprocess_metrics, prepare_multiprocess_metrics
 from polycopy_actors.app.status import collect_status, format_status
+from polycopy_actors.app.tail import tail
 from polycopy_actors.config import ConfigError, Settings, load_settings
 from polycopy_actors.db import queries
 from polycopy_actors.db.connect import connect, open_database, scrub
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per-tier state: wallets, last polls, lag, errors, lock holder")
     _common(p, suppress=True)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("tail", help="print each new trade as it lands (LISTEN polycopy_trades); Ctrl-C stops")
+    _common(p, suppress=True)
+    p.add_argument("--wallet", action="append", default=None, metavar="WALLET", help="only this wallet (repeatable)")
+    p.add_argument("--tier", dest="tail_tier", choices=("hot", "cold"), default=None, help="only this tier")
     return parser
 
 
@@ -137,6 +142,20 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return _with_db(settings, run)
 
 
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    wallets = set(normalize_wallets(args.wallet)) if args.wallet else None
+
+    def run(conn: psycopg.Connection[Any]) -> int:
+        conn.autocommit = True
+        try:
+            tail(conn, wallets, args.tail_tier, sys.stdout)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+        return RET_OK
+
+    return _with_db(settings, run)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     mp_dir = None
     if settings.processes > 1:
@@ -157,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None and args.tier is None:
-        parser.error("choose a tier (--tier hot|cold) or a command (migrate, follow, unfollow, traders, status)")
+        parser.error("choose a tier (--tier hot|cold) or a command (migrate, follow, unfollow, traders, status, "
+                     "tail)")
     if args.command is not None and (args.tier or args.once or args.processes):
         parser.error("--tier, --once and --processes only apply when running a tier")
     try:
@@ -175,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_traders(settings, args)
         if args.command == "status":
             return cmd_status(settings, args)
+        if args.command == "tail":
+            return cmd_tail(settings, args)
         return cmd_run(settings, args)
     except ExitError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
