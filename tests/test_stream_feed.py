@@ -199,10 +199,12 @@ def test_degradation_stream_to_feed_to_wallet_polling_is_said_out_loud(db, tmp_p
         sim.drive(0.3)
         wait_for(lambda: paths(port).get("detection") == "stream+feed", 30, "stream and feed up", lambda: run.log)
         lands("stream and feed")
-        metrics = scrape(port)
+        # The row is visible as the flush commits; its metrics follow, and the read it asks for a moment later.
+        metrics = wait_for(lambda: (m := scrape(port))
+                           and m[("polycopy_trade_detect_lag_seconds_count", (("source", "stream"),))] > 0
+                           and m[("polycopy_reconciles_total", (("reason", "trade"),))] > 0 and m, 15,
+                           "the stream's detection and the read after the trade in the metrics")
         assert metrics[("polycopy_stream_connected", ())] == 1
-        assert metrics[("polycopy_trade_detect_lag_seconds_count", (("source", "stream"),))] > 0
-        assert metrics[("polycopy_reconciles_total", (("reason", "trade"),))] > 0
         assert ("polycopy_feed_lag_seconds", ()) in metrics
 
         sim.rtds.stall(True)
