@@ -121,6 +121,9 @@ def test_thousand_wallets_stream_stalled_dropped_and_lossy_every_fill_stored_onc
                      "the database equal to the ground truth, every stream row confirmed",
                      lambda: report(db, world, followed) + f"; unconfirmed {unconfirmed(db)}")
             budget_window = sim.log.max_in_window(10.0)
+        # Notifications are delivered at commit; the listener's thread takes them a moment later.
+        ids = stored_ids(db)
+        wait_for(lambda: {p["trade_id"] for p in listener.payloads} >= set(ids), 10, "every notification read")
     finally:
         listener.close()
         sim.stop()
@@ -131,7 +134,6 @@ def test_thousand_wallets_stream_stalled_dropped_and_lossy_every_fill_stored_onc
     by_source = sources(db)
     assert by_source.get("stream", 0) > 0 and by_source.get("feed", 0) > 0, by_source
     # NOTIFY: each new row announced once, with its wallet and tier.
-    ids = stored_ids(db)
     announced = Counter(p["trade_id"] for p in listener.payloads)
     assert set(announced) == set(ids) and max(announced.values()) == 1
     assert {p["tier"] for p in listener.payloads} == {"hot"}
@@ -189,10 +191,10 @@ def test_degradation_stream_to_feed_to_wallet_polling_is_said_out_loud(db, tmp_p
         "stream": {"silence_seconds": 2, "reconnect_min_seconds": 0.2, "reconnect_max_seconds": 0.5},
         "feed": {"stale_after_seconds": 3}}))
     run = Proc(["--tier", "hot", "--config", str(cfg)], cli_env(db, sim))
-    market = world.open_markets()[0]
 
     def lands(what: str) -> None:
-        world.trade(wallets[0], market, 0, "BUY", 5)
+        with world.lock:  # the driver resolves markets as it goes: buy in one still open
+            world.trade(wallets[0], world.open_markets()[0], 0, "BUY", 5)
         wait_for(lambda: db_trades(db, wallets) == truth_trades(world, wallets), 20, f"a new trade landing ({what})")
 
     try:
