@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from polycopy_actors.simulator.routes import ApiFail, Routes
+from polycopy_actors.simulator.routes import ApiFail, Routes, is_global_feed
 from polycopy_actors.simulator.rtds import RtdsServer
 from polycopy_actors.simulator.world import World
 
@@ -321,8 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.sim.config.before_request is not None:
                 self.sim.config.before_request(path, q)
             faults = self.sim.config.faults
-            global_feed = path == "/v2/trades" and not any(
-                q.get(k) for k in ("user", "condition", "condition_id", "conditionId", "event_id"))
+            global_feed = is_global_feed(path, q)
             applies = ((faults.wallets is None or wallet in faults.wallets)
                        and (faults.routes is None or path in faults.routes
                             or (global_feed and "/v2/trades?global" in faults.routes)))

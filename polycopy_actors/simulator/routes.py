@@ -36,6 +36,12 @@ class ApiFail(Exception):
         self.parameter = parameter
 
 
+def is_global_feed(path: str, q: dict[str, str]) -> bool:
+    """The bare ``/v2/trades``: no user, no market or event filter (every wallet's fills)."""
+    return path == "/v2/trades" and not any(
+        q.get(k) for k in ("user", "condition", "condition_id", "conditionId", "event_id"))
+
+
 def _wallet_param(q: dict[str, str], name: str = "user", required: bool = True) -> str | None:
     raw = q.get(name)
     if raw is None:
@@ -203,7 +209,7 @@ class Routes:
             raw_start = _int_param(q, "start", 0, 0, None)
             start = now - 3 * 365 * 86400 if raw_start == 0 else raw_start
             end = _int_param(q, "end", 0, 0, None) or now + 86400
-        elif kind == "trades" and not any(q.get(k) for k in ("condition", "condition_id", "conditionId", "event_id")):
+        elif kind == "trades" and is_global_feed("/v2/trades", q):
             # The bare global feed: the current and previous month; start/end are ignored.
             start, end = now - 62 * 86400, now + 86400
         else:
