@@ -79,6 +79,10 @@ def test_counters_follow_the_work_and_health_follows_the_api(db, tmp_path):
         sim.set_faults(Faults(error_rate=1.0))  # the API fails for longer than the 2 s window
         status, body = wait_for(lambda: (h := healthz(port))[0] == 503 and h, 15, "/healthz to turn 503")
         assert "no successful poll" in body["reason"]
+        # The alert rule's view (PolycopyNoSuccessfulRead): the last read is older than the served window.
+        m = scrape(port)
+        assert metric(m, "polycopy_health_window_seconds") == 2
+        assert time.time() - metric(m, "polycopy_last_successful_poll_timestamp_seconds", tier="hot") > 2
         assert run.popen.poll() is None  # unhealthy, not dead: the platform decides
         sim.set_faults(Faults())
         wait_for(lambda: healthz(port)[0] == 200, 15, "/healthz back to 200")

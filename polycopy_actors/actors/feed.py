@@ -54,6 +54,8 @@ class FeedTailerActor(TierApiActor):
         #: Trades already handed on, by id, with their time (the overlap re-reads them: they are neither
         #: written again nor do they ask for another read); forgotten once below the re-read window.
         self.seen: dict[str, int] = {}
+        #: Block time of the newest row any walk has read: the lag gauge keeps growing while walks fail.
+        self.newest: int | None = None
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
@@ -68,6 +70,8 @@ class FeedTailerActor(TierApiActor):
             self._walk(started)
         except Stopped:
             return
+        if self.newest is not None:
+            metrics.FEED_LAG.set(max(0.0, time.time() - self.newest))
         wait = max(0.0, self.ctx.settings.feed.interval_seconds - (time.monotonic() - started))
         if self.ctx.stopping.wait(wait):
             return
@@ -109,11 +113,12 @@ class FeedTailerActor(TierApiActor):
         at = time.monotonic() + self.ctx.settings.reconcile.after_trade_delay_seconds
         for wallet in {t.wallet for t in trades}:
             self.ctx.demand.post(wallet, "trade", at)
-        if newest is not None:
-            metrics.FEED_LAG.set(max(0.0, time.time() - newest))
+        if newest is not None and (self.newest is None or newest > self.newest):
+            self.newest = newest
         self.ctx.demand.feed_ok(time.monotonic() + feed.stale_after_seconds)
         self.ctx.health.set_path("feed", "ok")
         self.ctx.health.poll_succeeded()
+        metrics.LAST_POLL_SUCCESS.labels(self.ctx.tier).set(time.time())
         if self.healthy_logged is not True:
             log.info("global feed healthy: trades of %d wallets detected from it; wallets read on demand",
                      len(self.wallets))

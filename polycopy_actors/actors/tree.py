@@ -180,6 +180,13 @@ class ActorSystem:
         log.info("%s %s/%s wallets, %.1f req/s, ETA %s", self._pass_label(), f"{swept:,}", f"{total:,}", rate,
                  eta_text)
 
+    def _export_progress(self) -> None:
+        """The pass's progress as ``polycopy_cold_sweep_wallets{state}`` (main thread)."""
+        if self.tracker is not None:
+            polled, total = self.tracker.progress()
+            metrics.SWEEP_WALLETS.labels("polled").set(polled)
+            metrics.SWEEP_WALLETS.labels("total").set(total)
+
     def run(self, stop_requested: threading.Event, keep_going: Callable[[], bool] | None = None) -> int:
         """Run until stopped (``stop_requested``, or ``keep_going`` answering False: a lost lock);
         return the process exit code. ``keep_going`` is called from this (the main) thread."""
@@ -194,6 +201,7 @@ class ActorSystem:
                 metrics.HEALTHY.set(1 if self.health.check()[0] else 0)
                 if stop_requested.is_set() or (keep_going is not None and not keep_going()):
                     break
+                self._export_progress()
                 if self.tracker is not None and self.tracker.progress()[0] >= next_progress:
                     self._log_progress(started)
                     next_progress = (self.tracker.progress()[0] // step + 1) * step
@@ -207,6 +215,7 @@ class ActorSystem:
         if self.exit_reason:
             log.error("exiting with code %d: %s", code, self.exit_reason)
         if self.tracker is not None:
+            self._export_progress()
             self._log_progress(started)
         log.info("stopped after %.0f s: %s", elapsed, self.stats.summary())
         return code

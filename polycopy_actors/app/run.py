@@ -139,6 +139,10 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
             settings.api.data_api_url, settings.api.data_api_version, f"{ts.rate_limit.requests_per_second:g}",
             ts.rate_limit.burst, settings.processes, settings.pollers.pool_size, ts.schedule,
         )
+        metrics.describe_process(
+            tier, settings.env, "once" if once else ts.schedule,
+            not once and ts.schedule in ("continuous", "events") and bool(settings.stream.url),
+            ts.rate_limit.requests_per_second, ts.health_window_seconds, ts.sweep_interval_seconds)
         shards = ShardSet(settings, tier, db.dsn) if settings.processes > 1 else None
         runner: PassRunner = shards if shards is not None else _in_process(settings, tier, db.dsn, health)
         if settings.metrics.port:

@@ -9,7 +9,7 @@ forwards SIGTERM on stop and waits for their clean exit. A shard that exits 2 (c
 
 Metrics: the parent sets ``PROMETHEUS_MULTIPROC_DIR`` (wiped at start) before any metric exists,
 every shard writes its samples there, the parent serves the aggregate and calls
-``mark_process_dead`` for every shard that exits.
+``mark_process_dead`` for every shard that exits, and once for itself (it sets no live gauge).
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class ShardSet:
         self.mp = multiprocessing.get_context("spawn")
         self.procs: dict[int, BaseProcess] = {}
         self.restarts: deque[float] = deque()
+        # The parent runs no actors: its own samples of the live gauges (a stream never connected, a
+        # health never checked, all 0) would drag the shards' min and add 0 lines, so they go.
+        _mark_dead(os.getpid())
 
     def alive(self) -> tuple[int, int]:
         """(shards alive, shards wanted) for /healthz."""

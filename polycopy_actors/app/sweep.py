@@ -240,6 +240,7 @@ class SweepLoop:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if outcome == "completed":
                 metrics.COLD_SWEEP_DURATION.observe(duration)
+                metrics.SWEEP_LAST_COMPLETED.set_to_current_time()
             log.info("%s %s in %s: %s wallets polled; %s", what, outcome, _duration(duration),
                      "?" if wallets is None else f"{wallets:,}", released)
         return code

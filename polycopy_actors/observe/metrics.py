@@ -48,7 +48,9 @@ RATE_THROTTLES = Counter("polycopy_rate_limiter_throttles_total", "429 answers t
 COLD_SWEEP_DURATION = Histogram("polycopy_cold_sweep_duration_seconds", "Cold sweep duration",
                                 buckets=(10, 30, 60, 300, 600, 1200, 1800, 3600, 7200))
 WRITER_QUEUE = Gauge("polycopy_writer_queue_rows", "Rows buffered in the writer", multiprocess_mode="livesum")
-LAST_POLL_SUCCESS = Gauge("polycopy_last_successful_poll_timestamp_seconds", "Time of the last successful poll",
+LAST_POLL_SUCCESS = Gauge("polycopy_last_successful_poll_timestamp_seconds",
+                          "Time of the tier's last successful read: a wallet poll or a global feed walk "
+                          "(the process start until the first)",
                           ["tier"], multiprocess_mode="max")
 WATERMARK_LAG = Gauge("polycopy_oldest_watermark_lag_seconds",
                       "now - the oldest successful poll (cursor advance) among the tier's wallets",
@@ -69,6 +71,24 @@ FEED_LAG = Gauge("polycopy_feed_lag_seconds", "now - block time of the newest ro
 RECONCILES = Counter("polycopy_reconciles_total", "Wallet reads on demand, by what asked for them", ["reason"])
 DETECT_LAG = Histogram("polycopy_trade_detect_lag_seconds", "now - trade time when a fill is first stored",
                        ["source"], buckets=_LAG)
+# What the process runs and the settings the alert rules compare against (deploy/prometheus/alerts.yml):
+# set once by the main process at start, so a rule's threshold follows the tier's own config.
+TIER_INFO = Gauge("polycopy_tier_info",
+                  "1, labelled with the tier, environment, schedule (or once) and whether this process runs the stream",
+                  ["tier", "env", "schedule", "stream"], multiprocess_mode="max")
+REQUEST_BUDGET = Gauge("polycopy_request_budget_per_second",
+                       "The tier's request budget (tiers.<tier>.rate_limit.requests_per_second, all shards)",
+                       multiprocess_mode="max")
+HEALTH_WINDOW = Gauge("polycopy_health_window_seconds",
+                      "The tier's health window (tiers.<tier>.health_window_seconds)", multiprocess_mode="max")
+SWEEP_INTERVAL = Gauge("polycopy_cold_sweep_interval_seconds",
+                       "tiers.<tier>.sweep_interval_seconds while the schedule is sweep, else 0",
+                       multiprocess_mode="max")
+SWEEP_LAST_COMPLETED = Gauge("polycopy_cold_sweep_last_completed_timestamp_seconds",
+                             "End of the last completed sweep (the process start until one completes)",
+                             multiprocess_mode="max")
+SWEEP_WALLETS = Gauge("polycopy_cold_sweep_wallets", "The running pass: wallets polled and wallets in it",
+                      ["state"], multiprocess_mode="livesum")
 
 
 def shards_healthy() -> bool | None:
@@ -113,6 +133,21 @@ def _initialise_label_sets() -> None:
         RECONCILES.labels(reason)
     for source in ("stream", "feed", "wallet"):
         DETECT_LAG.labels(source)
+    for state in ("polled", "total"):
+        SWEEP_WALLETS.labels(state)
+
+
+def describe_process(tier: str, env: str, schedule: str, stream: bool, requests_per_second: float,
+                     health_window_seconds: float, sweep_interval_seconds: float) -> None:
+    """Export what this process runs (main thread, once at start; the parent of a sharded run)."""
+    TIER_INFO.labels(tier, env, schedule, "on" if stream else "off").set(1)
+    LAST_POLL_SUCCESS.labels(tier).set_to_current_time()
+    REQUEST_BUDGET.set(requests_per_second)
+    HEALTH_WINDOW.set(health_window_seconds)
+    sweeping = schedule == "sweep"
+    SWEEP_INTERVAL.set(sweep_interval_seconds if sweeping else 0)
+    if sweeping:
+        SWEEP_LAST_COMPLETED.set_to_current_time()
 
 
 _initialise_label_sets()
