@@ -53,7 +53,8 @@ PANELS = {
     "database pool": "Database pool",
     "restarts by actor": "Restarts by actor",
     "wallets per tier": "Wallets per tier",
-    "cold sweep progress and duration": "Cold sweep progress and duration",
+    "cold sweep progress": "Cold sweep progress",
+    "cold sweep duration": "Cold sweep duration",
     "health by process": "Health by process",
 }
 
