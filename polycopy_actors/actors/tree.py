@@ -38,6 +38,16 @@ from polycopy_actors.observe import HealthState, metrics
 log = logging.getLogger(__name__)
 
 
+def runs_continuously(settings: Settings, tier: str, once: bool) -> bool:
+    """Whether a run of ``tier`` keeps going (stream, feed, reads on demand) rather than making one pass."""
+    return settings.tier(tier).schedule in ("continuous", "events") and not once
+
+
+def runs_stream(settings: Settings, tier: str, once: bool) -> bool:
+    """Whether a run of ``tier`` starts the StreamReader."""
+    return runs_continuously(settings, tier, once) and bool(settings.stream.url)
+
+
 class ActorSystem:
     """Owns the root supervisor of this process. Methods are called from one (the main) thread."""
 
@@ -119,7 +129,7 @@ class ActorSystem:
                  ChildSpec("pool", start_pool, stop_timeout=4.0)]
         if s.api.data_api_version == "v2" and s.api.status_interval_seconds > 0:
             specs.append(ChildSpec("monitor", start_monitor, stop_timeout=3.0))
-        continuous = tier_settings.schedule in ("continuous", "events") and not self.once
+        continuous = runs_continuously(s, self.tier, self.once)
         if continuous and s.feed.enabled and s.api.data_api_version == "v2":
             def start_feed(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
                 return FeedTailerActor.start(parent, name="feed", ctx=ctx, limiter=sib["limiter"],
@@ -137,7 +147,7 @@ class ActorSystem:
                 return MarketWatcherActor.start(parent, name="markets", ctx=ctx, limiter=sib["limiter"],
                                                 writer=sib["writer"])
             specs.append(ChildSpec("markets", start_markets, stop_timeout=3.0))
-        if continuous and s.stream.url:
+        if runs_stream(s, self.tier, self.once):
             def start_stream(parent: pykka.ActorRef[Any], sib: dict[str, pykka.ActorRef[Any]]) -> pykka.ActorRef[Any]:
                 return StreamReaderActor.start(parent, name="stream", ctx=ctx, writer=sib["writer"])
             specs.append(ChildSpec("stream", start_stream, stop_timeout=4.0))

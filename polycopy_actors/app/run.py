@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from polycopy_actors.actors.tree import ActorSystem
+from polycopy_actors.actors.tree import ActorSystem, runs_stream
 from polycopy_actors.api.client import ApiError, PolymarketClient, Transport
 from polycopy_actors.app.shards import ShardSet
 from polycopy_actors.app.sweep import PassRunner, SweepLoop, discover_traders
@@ -141,7 +141,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         )
         metrics.describe_process(
             tier, settings.env, "once" if once else ts.schedule,
-            not once and ts.schedule in ("continuous", "events") and bool(settings.stream.url),
+            runs_stream(settings, tier, once),
             ts.rate_limit.requests_per_second, ts.health_window_seconds, ts.sweep_interval_seconds)
         shards = ShardSet(settings, tier, db.dsn) if settings.processes > 1 else None
         runner: PassRunner = shards if shards is not None else _in_process(settings, tier, db.dsn, health)
