@@ -9,10 +9,11 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from polycopy_actors.simulator import render
+from polycopy_actors.simulator import poison, render
 from polycopy_actors.simulator.world import SimFill, SimPosition, World
 
 if TYPE_CHECKING:  # the HTTP side owns the routes; only its type is needed here
@@ -86,25 +87,51 @@ class Routes:
 
     def route(self, path: str, q: dict[str, str], multi: dict[str, list[str]]) -> tuple[int, Any, dict[str, str]]:
         """Answer one request of the API (or an admin route): (status, body, headers); raises ApiFail."""
+        future: frozenset[int] = frozenset()
         routes: dict[str, Callable[[], Any]] = {
-            "/trades": lambda: self.v1_trades(q),
-            "/activity": lambda: self.v1_activity(q),
+            "/trades": lambda: self.v1_trades(q, future),
+            "/activity": lambda: self.v1_activity(q, future),
             "/positions": lambda: self.v1_positions(q),
             "/closed-positions": lambda: self.v1_closed_positions(q),
-            "/v2/trades": lambda: self.v2_feed(q, "trades"),
-            "/v2/activity": lambda: self.v2_feed(q, "activity"),
+            "/v2/trades": lambda: self.v2_feed(q, "trades", future),
+            "/v2/activity": lambda: self.v2_feed(q, "activity", future),
             "/v2/positions": lambda: self.v2_positions(q),
             "/v2/status": self.v2_status,
             "/markets": lambda: self.gamma_markets(q, multi),
             "/_sim/truth": self.world.truth,
             "/_sim/stats": self.sim.log.snapshot,
             "/_sim/wallets": lambda: {"wallets": list(self.world.wallets)},
+            "/_sim/elsewhere": lambda: {"url": self.sim.elsewhere_url, "requests": self.sim.elsewhere_requests},
         }
         answer = routes.get(path)
         if answer is None:
             raise ApiFail(404, f"no route {path}", code="not_found")
         with self.world.lock:
+            future = self._future(path, q)
             return 200, answer(), {}
+
+    # --- poison ----------------------------------------------------------------------------------------
+
+    def _future(self, path: str, q: dict[str, str]) -> frozenset[int]:
+        """``future_row`` poison: the sequence numbers of the poisoned wallets' newest fills (in the world),
+        served with ``poison.FUTURE_TS`` by this request; empty when it does not apply to its route."""
+        faults = self.sim.config.faults
+        if ("future_row" not in faults.poison or path not in poison.TRADE_ROUTES
+                or not faults.route_matches(path, is_global_feed(path, q))):
+            return frozenset()
+        by_wallet = self.world.fills_by_wallet
+        wallets = by_wallet if faults.wallets is None else faults.wallets
+        return frozenset(max(by_wallet[w], key=lambda f: (f.timestamp, f.seq)).seq
+                         for w in wallets if by_wallet.get(w))
+
+    @staticmethod
+    def _shifted(rows: list[tuple[int, int, Any]], future: frozenset[int]) -> list[tuple[int, int, Any]]:
+        """``future_row``: the rows of ``future`` fills as served (a copy with the 2099 timestamp); the
+        world's fill is never changed. Rows are (timestamp, seq, fill or activity)."""
+        if not future:
+            return rows
+        return [(poison.FUTURE_TS, r[1], replace(r[2], timestamp=poison.FUTURE_TS))
+                if r[1] in future and isinstance(r[2], SimFill) else r for r in rows]
 
     # --- data API v1 -----------------------------------------------------------------------------------
 
@@ -124,7 +151,7 @@ class Routes:
         rows.sort(key=lambda f: (f.timestamp, f.seq), reverse=True)
         return rows
 
-    def v1_trades(self, q: dict[str, str]) -> list[dict[str, Any]]:
+    def v1_trades(self, q: dict[str, str], future: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
         wallet = _wallet_param(q, required="market" not in q)
         limit = _int_param(q, "limit", 100, 0, 10_000)
         offset = _int_param(q, "offset", 0, 0, 10_000)
@@ -132,15 +159,21 @@ class Routes:
         if "market" in q:
             markets = set(q["market"].split(","))
             rows = [f for f in rows if f.market.condition_id in markets]
+        if future:
+            served = self._shifted([(f.timestamp, f.seq, f) for f in rows], future)
+            served.sort(key=lambda r: (r[0], r[1]), reverse=True)
+            rows = [r[2] for r in served]
         return [render.v1_fill(f) for f in rows[offset:offset + limit]]
 
-    def _activity_rows(self, wallet: str, types: set[str] | None, start: int, end: int) -> list[tuple[int, int, Any]]:
+    def _activity_rows(self, wallet: str, types: set[str] | None, start: int, end: int,
+                       future: frozenset[int] = frozenset()) -> list[tuple[int, int, Any]]:
+        """A wallet's activity rows in ``[start, end]`` (by their real time), as served, newest first."""
         rows: list[tuple[int, int, Any]] = []
         if types is None or "TRADE" in types:
             rows += [(f.timestamp, f.seq, f) for f in self._visible(wallet)]
         rows += [(a.timestamp, a.seq, a) for a in self.world.activity
                  if a.wallet == wallet and (types is None or a.type in types)]
-        rows = [r for r in rows if start <= r[0] <= end]
+        rows = self._shifted([r for r in rows if start <= r[0] <= end], future)
         rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
         return rows
 
@@ -148,7 +181,7 @@ class Routes:
         raw = q.get("type")
         return set(raw.split(",")) if raw else None
 
-    def v1_activity(self, q: dict[str, str]) -> list[dict[str, Any]]:
+    def v1_activity(self, q: dict[str, str], future: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
         wallet = _wallet_param(q)
         assert wallet is not None
         limit = _int_param(q, "limit", 100, 0, 500, clamp=True)
@@ -156,7 +189,7 @@ class Routes:
         now = int(time.time())
         start = _int_param(q, "start", now - 3 * 365 * 86400, 0, None)
         end = _int_param(q, "end", now + 86400, 0, None)
-        rows = self._activity_rows(wallet, self._types(q), start, end)
+        rows = self._activity_rows(wallet, self._types(q), start, end, future)
         return [render.v1_activity_row(r[2]) for r in rows[offset:offset + limit]]
 
     def _listed_positions(self, wallet: str, floor: Decimal, sort_by: str = "CURRENT_VALUE",
@@ -198,7 +231,7 @@ class Routes:
                           parameter="offset")
         return _int_param(q, "limit", default, 0, 1000)
 
-    def v2_feed(self, q: dict[str, str], kind: str) -> dict[str, Any]:
+    def v2_feed(self, q: dict[str, str], kind: str, future: frozenset[int] = frozenset()) -> dict[str, Any]:
         now = int(time.time())
         limit = self._v2_limit(q)
         wallet = _wallet_param(q, required=kind == "activity")
@@ -226,16 +259,19 @@ class Routes:
                 rows_t = [r for r in rows_t if r[2].market.condition_id in wanted]
             if q.get("side"):
                 rows_t = [r for r in rows_t if r[2].side == q["side"]]
-            rows_t = [r for r in rows_t if start <= r[0] <= end]
+            rows_t = self._shifted([r for r in rows_t if start <= r[0] <= end], future)
         else:
             assert wallet is not None
-            rows_t = self._activity_rows(wallet, self._types(q), start, end)
+            rows_t = self._activity_rows(wallet, self._types(q), start, end, future)
         if (q.get("sort_direction") or "DESC").upper() == "ASC":
             rows_t.sort(key=lambda r: (r[0], r[1]))
             if cursor is not None:
                 rows_t = [r for r in rows_t if (r[0], r[1]) > (cursor["ts"], cursor["seq"])]
-        elif cursor is not None:
-            rows_t = [r for r in rows_t if (r[0], r[1]) < (cursor["ts"], cursor["seq"])]
+        else:
+            if future:
+                rows_t.sort(key=lambda r: (r[0], r[1]), reverse=True)
+            if cursor is not None:
+                rows_t = [r for r in rows_t if (r[0], r[1]) < (cursor["ts"], cursor["seq"])]
         page = rows_t[:limit]
         has_more = len(rows_t) > limit
         next_cursor = _b64({"ts": page[-1][0], "seq": page[-1][1], "l": limit}) if has_more and page else None

@@ -11,7 +11,10 @@ What it does, after ``polymarket-api.md`` ("Real time and whole-platform coverag
 - a connection that sent no text ``PING`` for ``stream_ping_grace_seconds`` goes silent without closing;
   ``PING`` is answered ``PONG``;
 - seeded loss (``stream_loss_rate``), and for tests: :meth:`RtdsServer.stall` (every connection silent
-  while open) and :meth:`RtdsServer.drop` (every connection closed).
+  while open) and :meth:`RtdsServer.drop` (every connection closed);
+- poison (``Faults.poison`` when ``Faults.routes`` is None or names ``rtds``): the frames of the poisoned
+  wallets' fills carry a surrogate ``title``, a ``size`` of ``1e-20000`` or a 1,200-digit ``price``, or are
+  replaced by a frame whose payload nests 50,000 deep (``deep_json``); other wallets' frames are as usual.
 
 Threads: websockets' sync server runs one thread per connection (its handler); the server loop runs
 on its own thread. Shared state (stall flag, counters) is guarded by ``self._lock``.
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
+from polycopy_actors.simulator import poison
 from polycopy_actors.simulator.world import SimFill, World
 
 if TYPE_CHECKING:
@@ -44,7 +48,8 @@ def mixed_case(wallet: str) -> str:
     return "0x" + "".join(c.upper() if c.isalpha() and i % 3 != 1 else c for i, c in enumerate(digits))
 
 
-def frame_of(fill: SimFill, connection_id: str, early: bool) -> str:
+def frame_of(fill: SimFill, connection_id: str, early: bool, kinds: frozenset[str] = frozenset()) -> str:
+    """The frame of one fill; ``kinds``: the poison value kinds applied to its payload."""
     m = fill.market
     payload = {
         "asset": fill.asset, "bio": "", "conditionId": m.condition_id, "eventSlug": m.slug, "icon": "",
@@ -54,8 +59,9 @@ def frame_of(fill: SimFill, connection_id: str, early: bool) -> str:
         "timestamp": fill.timestamp - 1 if early else fill.timestamp, "title": m.question,
         "transactionHash": fill.tx,
     }
-    return json.dumps({"connection_id": connection_id, "payload": payload, "timestamp": int(time.time() * 1000),
-                       "topic": "activity", "type": "trades"})
+    poison.poison_row(payload, kinds)
+    return poison.encode({"connection_id": connection_id, "payload": payload, "timestamp": int(time.time() * 1000),
+                          "topic": "activity", "type": "trades"}).decode("ascii")
 
 
 class RtdsServer:
@@ -180,11 +186,17 @@ class RtdsServer:
                 cursor = end
                 if silent:
                     continue  # the frames are never sent: a silent stream loses them
+                faults = cfg.faults
+                poisoned = bool(faults.poison) and faults.route_matches(poison.STREAM_ROUTE)
                 for fill in batch:
                     if self._chance(cfg.stream_loss_rate):
                         self._count("lost")
                         continue
-                    conn.send(frame_of(fill, connection_id, self._chance(cfg.stream_early_rate)))
+                    kinds = faults.row_kinds(fill.wallet) & poison.STREAM_KINDS if poisoned else frozenset()
+                    if "deep_json" in kinds:
+                        conn.send(poison.deep_frame(connection_id))  # instead of the fill's frame
+                    else:
+                        conn.send(frame_of(fill, connection_id, self._chance(cfg.stream_early_rate), kinds))
                     self._count("frames")
         except ConnectionClosed:
             return
