@@ -1,7 +1,9 @@
 """The client of Polymarket's read APIs that a WalletPoller uses: the data API (v2, or the v1
 fallback, chosen once from ``api.data_api_version``) and gamma, over one :class:`Transport`.
 
-One instance per WalletPoller, used only from that poller's thread. The tiers never see which
+One instance per WalletPoller (or per actor reading the API), used only from its owner's thread. Every
+read is bounded (:mod:`polycopy_actors.api.transport`: deadline, body size, Retry-After, no redirects;
+:mod:`polycopy_actors.api.data_v2`: walk budgets). The tiers never see which
 data-API version is in use: both produce the same records (:mod:`polycopy_actors.api.models`) and
 the same trade ids.
 """
@@ -55,11 +57,13 @@ class PolymarketClient:
         mine = sorted((f for f in fills.items if f.wallet == wallet), key=lambda f: f.timestamp)
         return Read(assign_trade_ids(mine), fills.rejected)
 
-    def global_fills(self, stop_ts: int, limit: int) -> Read[RawFill]:
-        """v2 only: the bare global feed down to ``stop_ts`` (see :meth:`DataApiV2.global_fills`)."""
+    def global_fills(self, stop_ts: int, limit: int, *, max_pages: int | None = None) -> Read[RawFill]:
+        """v2 only: the bare global feed down to ``stop_ts``, reading at most ``max_pages`` pages (None:
+        ``api.max_walk_pages``); a walk that spent its budget first returns the newest rows with
+        ``complete=False`` (see :meth:`DataApiV2.global_fills`)."""
         if not isinstance(self.data, DataApiV2):
             raise ApiError("unsupported", "the global feed needs the data API v2")
-        return self.data.global_fills(stop_ts, limit)
+        return self.data.global_fills(stop_ts, limit, max_pages=max_pages)
 
     def positions(self, wallet: str) -> Read[Position]:
         """The wallet's current positions, every page. The snapshot is complete only when

@@ -48,19 +48,34 @@ class DataApiV1(DataApi):
         return out
 
     def _activity_fill_windows(self, wallet: str, start: int, end: int) -> Read[models.RawFill]:
-        """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000)."""
-        limit = min(self.t.api.page_size, V1_ACTIVITY_LIMIT_MAX)
+        """Fills with start <= ts <= end through v1 /activity, window by window (offset cap 5,000).
+
+        With a server that keeps to ``end``, every window ends at least a second earlier than the one
+        before; whatever the server does, the walk is bounded like a v2 walk: past ``api.max_walk_pages``
+        pages or ``api.max_walk_rows`` rows it fails ``incomplete`` (the rows read are dropped: memory
+        stays bounded), and full pages without one readable row fail ``malformed``."""
+        api = self.t.api
+        limit = min(api.page_size, V1_ACTIVITY_LIMIT_MAX)
         out: Read[models.RawFill] = Read()
+        pages = rows = 0
         while True:
             window: Read[models.RawFill] = Read()
             offset = 0
             exhausted = False
             while offset <= V1_ACTIVITY_OFFSET_MAX:
+                if pages >= api.max_walk_pages:
+                    raise ApiError("incomplete", f"wallet {wallet}: /activity fills need more than "
+                                                 f"{api.max_walk_pages} pages (raise api.max_walk_pages)")
                 body = json_list(self.t.get_fresh(
-                    self.t.api.data_api_url, "/activity",
+                    api.data_api_url, "/activity",
                     {"user": wallet, "type": "TRADE", "start": start, "end": end, "limit": limit, "offset": offset},
                     "activity",
                 ))
+                pages += 1
+                rows += len(body)
+                if rows > api.max_walk_rows:
+                    raise ApiError("incomplete", f"wallet {wallet}: /activity fills are more than "
+                                                 f"{api.max_walk_rows} rows (raise api.max_walk_rows)")
                 self.t.parse_rows(body, models.parse_fill, "activity", wallet, window)
                 if len(body) < limit:
                     exhausted = True
@@ -70,6 +85,8 @@ class DataApiV1(DataApi):
             if exhausted:
                 out.items += window.items
                 return out
+            if not window.items:  # full pages and not one readable row: no oldest second to go on from
+                raise ApiError("malformed", f"wallet {wallet}: /activity served full pages of unreadable rows")
             oldest = min(f.timestamp for f in window.items)
             if oldest == end:
                 raise ApiError("incomplete", f"wallet {wallet}: more than {V1_ACTIVITY_OFFSET_MAX} fills in one second")

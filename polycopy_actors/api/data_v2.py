@@ -2,11 +2,16 @@
 
 Every walk of a wallet's route carries its own ``end`` (far ahead, random) so that the CDN, which
 caches by exact URL (``/v2/trades`` 300 s), never answers it; a page a cache answered anyway restarts
-the walk through a new URL. Used through :class:`~polycopy_actors.api.client.PolymarketClient`.
+the walk through a new URL. Every walk is bounded: a ``next_cursor`` seen before in the walk ends it
+(``malformed``), and so does going over ``api.max_walk_pages`` pages or ``api.max_walk_rows`` rows
+(``incomplete``; the rows read are dropped, so memory stays bounded), except on the global feed, which
+returns what it read marked incomplete. Used through :class:`~polycopy_actors.api.client.PolymarketClient`,
+from its owner's thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -20,12 +25,27 @@ T = TypeVar("T")
 V2_LIMIT_MAX = 1_000
 #: v2 user routes: ``end`` lies this far ahead (plus a random part), so every walk has its own URL.
 CACHE_BUST_AHEAD_SECONDS = 86_400
+#: A ``next_cursor`` longer than this is not a cursor (the real ones are a few hundred characters).
+MAX_CURSOR_CHARS = 4_096
+_NO_TS = 2**62
+
+
+class WalkBudgetSpent(ApiError):
+    """A walk reached ``api.max_walk_pages`` or ``api.max_walk_rows`` with more to read (kind
+    ``incomplete``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("incomplete", message)
 
 
 def _row_ts(row: Any) -> int:
     """A raw row's timestamp for deciding where a walk stops (a malformed one does not stop it)."""
     ts = row.get("timestamp") if isinstance(row, dict) else None
-    return int(ts) if isinstance(ts, (int, Decimal)) and not isinstance(ts, bool) else 2**62
+    if isinstance(ts, bool) or not isinstance(ts, (int, Decimal)):
+        return _NO_TS
+    if isinstance(ts, Decimal) and not (ts.is_finite() and abs(ts) < _NO_TS):
+        return _NO_TS  # int(Decimal("1e999999999")) would build a billion-digit integer
+    return int(ts) if abs(ts) < _NO_TS else _NO_TS
 
 
 class DataApiV2(DataApi):
@@ -42,7 +62,8 @@ class DataApiV2(DataApi):
                  wallet: str) -> Read[T]:
         """Walk a v2 keyset feed to its end: follow ``next_cursor`` re-sending the same filters. A page a
         cache answered restarts the whole walk through a new URL (changing a filter mid-walk re-anchors
-        it), at most ``api.max_retries`` times."""
+        it), at most ``api.max_retries`` times. Bounded as :meth:`_v2_pages` says (``malformed`` for a
+        repeated cursor, ``incomplete`` past the walk's budget: nothing of the walk is returned then)."""
         for attempt in range(self.t.api.max_retries + 1):
             base = dict(params)
             if "user" in base:
@@ -58,26 +79,47 @@ class DataApiV2(DataApi):
             return out
         raise AssertionError("unreachable")
 
-    def _v2_pages(self, path: str, params: dict[str, Any], endpoint: str) -> Iterator[Any]:
+    def _v2_pages(self, path: str, params: dict[str, Any], endpoint: str,
+                  max_pages: int | None = None) -> Iterator[Any]:
+        """The ``data`` of each page of one walk, following ``next_cursor``. Bounded: a cursor already
+        seen in this walk raises ``ApiError("malformed")`` (a server looping would otherwise be read for
+        ever); with more to read after ``max_pages`` pages (default ``api.max_walk_pages``), or past
+        ``api.max_walk_rows`` rows (checked before a page is handed out), raises :class:`WalkBudgetSpent`."""
+        api = self.t.api
+        max_pages = api.max_walk_pages if max_pages is None else max_pages
         cursor: str | None = None
-        pages = 0
+        seen: set[bytes] = set()  # digests: a walk's memory does not grow with the cursors' length
+        pages = rows = 0
         while True:
             query = dict(params)
             if cursor:
                 query["cursor"] = cursor
-            body = self.t.get_json(self.t.api.data_api_url, path, query, endpoint)
+            body = self.t.get_json(api.data_api_url, path, query, endpoint)
             if not isinstance(body, dict) or "data" not in body:
                 raise ApiError("malformed", f"GET {path}: expected a {{data, pagination}} envelope")
-            yield body.get("data")
+            data = body.get("data")
+            pages += 1
+            rows += len(data) if isinstance(data, list) else 0
+            if rows > api.max_walk_rows:
+                raise WalkBudgetSpent(f"GET {path}: more than {api.max_walk_rows} rows in {pages} pages; read "
+                                      "abandoned (raise api.max_walk_rows to read deeper)")
             pagination = body.get("pagination") or {}
             if not isinstance(pagination, dict):
                 raise ApiError("malformed", f"GET {path}: pagination is not an object")
+            yield data
             cursor = pagination.get("next_cursor")
-            pages += 1
             if not cursor or not pagination.get("has_more", True):
                 return
-            if pages > 100_000:  # a cursor that never ends is a server bug, not a reason to loop forever
-                raise ApiError("malformed", f"GET {path}: more than 100000 pages")
+            if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR_CHARS:
+                raise ApiError("malformed", f"GET {path}: next_cursor is not a string of at most "
+                                            f"{MAX_CURSOR_CHARS} characters")
+            digest = hashlib.sha256(cursor.encode("utf-8", "surrogatepass")).digest()
+            if digest in seen:
+                raise ApiError("malformed", f"GET {path}: next_cursor repeated after {pages} pages; read abandoned")
+            seen.add(digest)
+            if pages >= max_pages:
+                raise WalkBudgetSpent(f"GET {path}: more than {max_pages} pages; read abandoned "
+                                      "(raise api.max_walk_pages to read deeper)")
 
     def fills(self, wallet: str, start: int) -> Read[models.RawFill]:
         """Every fill of the wallet since ``start``, maker and taker."""
@@ -105,19 +147,28 @@ class DataApiV2(DataApi):
                           "closed_positions", wallet, out)
         return out
 
-    def global_fills(self, stop_ts: int, limit: int) -> Read[models.RawFill]:
+    def global_fills(self, stop_ts: int, limit: int, *, max_pages: int | None = None) -> Read[models.RawFill]:
         """The bare global ``/v2/trades`` (every wallet's fills, maker legs included), newest first, down to
         the first page that reaches a row older than ``stop_ts`` (whole seconds at or after it are read).
         ``start``/``end`` are ignored by this feed, so a random ``end`` only gives the walk a URL of its
-        own (the CDN caches ``/v2/trades`` by URL for 300 s); a cached page restarts the walk elsewhere."""
+        own (the CDN caches ``/v2/trades`` by URL for 300 s); a cached page restarts the walk elsewhere.
+
+        At most ``max_pages`` pages (None: ``api.max_walk_pages``) and ``api.max_walk_rows`` rows: a walk
+        that spends that budget before reaching ``stop_ts`` returns the rows it read (the newest) with
+        ``complete=False``; what lies between them and ``stop_ts`` is a gap the caller deals with. A
+        repeated ``next_cursor`` still raises ``ApiError("malformed")``."""
+        if max_pages is not None and max_pages < 1:
+            raise ValueError("max_pages must be at least 1")
         for attempt in range(self.t.api.max_retries + 1):
             params = {"limit": min(limit, V2_LIMIT_MAX), "taker_only": "false", "end": self._bust()}
             out: Read[models.RawFill] = Read()
             try:
-                for rows in self._v2_pages("/v2/trades", params, "trades_global"):
+                for rows in self._v2_pages("/v2/trades", params, "trades_global", max_pages=max_pages):
                     self.t.parse_rows(rows, models.parse_fill, "trades_global", "-", out)
                     if not rows or min(_row_ts(r) for r in rows) < stop_ts:
                         break
+            except WalkBudgetSpent:
+                out.complete = False
             except StaleAnswer as exc:
                 if attempt == self.t.api.max_retries:
                     raise ApiError("stale", f"{exc}; still cached after {attempt + 1} URLs") from None

@@ -28,7 +28,8 @@ class Gamma:
 
         In batches of :data:`GAMMA_IDS_PER_REQUEST` with an explicit ``limit`` (answers are cut short
         at about 24 rows), first with ``closed=true`` (without it gamma hides resolved markets), then
-        ``closed=false`` for the ids the first answer did not list."""
+        ``closed=false`` for the ids the first answer did not list: at most two requests per batch, so the
+        reads are bounded by the ids asked about (rows of ids not asked about are ignored)."""
         out: dict[str, bool] = {}
         ids = sorted(set(condition_ids))
         for i in range(0, len(ids), GAMMA_IDS_PER_REQUEST):

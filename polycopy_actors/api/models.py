@@ -37,6 +37,16 @@ SIX_PLACES = Decimal("0.000001")
 MAX_TIMESTAMP = 4102444800
 
 
+#: Digits after the decimal point an amount may have (prices are computed floats: about 17 significant
+#: digits; more than this is not a number the API means, and the database could not always store it).
+MAX_FRACTION_DIGITS = 30
+#: A number written as text longer than this is refused before it is parsed.
+MAX_NUMBER_CHARS = 100
+#: Text fields (titles, slugs, outcomes) longer than this are refused: no market title is that long.
+MAX_TEXT_CHARS = 2_000
+#: A price is USDC per share of an outcome that pays at most 1.
+MAX_PRICE = Decimal(1)
+
 #: Outcome indexes are small; the column is a 32-bit integer.
 MAX_OUTCOME_INDEX = 1_000_000
 #: What fresh (not yet enriched) rows say instead of an outcome index: never stored (null instead).
@@ -135,24 +145,48 @@ def _text(item: dict[str, Any], *names: str, optional: bool = False) -> str | No
         return None
     if not isinstance(value, str):
         raise MalformedItem(names[0], f"expected a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise MalformedItem(names[0], f"longer than {MAX_TEXT_CHARS} characters")
+    try:
+        # A lone UTF-16 surrogate ("\\ud800") is valid JSON, but no UTF-8 text holds it: PostgreSQL
+        # cannot store it (a JavaScript backend that cuts a string inside an emoji makes exactly this).
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedItem(names[0], "text that is not valid Unicode (a lone surrogate)") from None
     # PostgreSQL text cannot hold NUL; descriptive fields lose it, identifiers then fail their checks.
     return value.replace("\x00", "")
 
 
-def _decimal(item: dict[str, Any], *names: str, minimum: Decimal | None = Decimal(0)) -> Decimal:
+def _decimal(item: dict[str, Any], *names: str, minimum: Decimal | None = Decimal(0),
+             maximum: Decimal | None = None) -> Decimal:
+    """A number as it was written (no float on the way), within what the database stores and what the
+    field can mean: finite, below 1e20, at most :data:`MAX_FRACTION_DIGITS` digits after the point."""
     value = _get(item, *names)
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, float, str)):
         raise MalformedItem(names[0], f"expected a number, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_NUMBER_CHARS:
+        raise MalformedItem(names[0], f"a number written with more than {MAX_NUMBER_CHARS} characters")
     try:
         dec = Decimal(str(value)) if not isinstance(value, Decimal) else value
     except InvalidOperation:
-        raise MalformedItem(names[0], f"not a number: {str(value)[:40]!r}") from None
+        raise MalformedItem(names[0], f"not a number: {ascii(str(value)[:40])}") from None
     if not dec.is_finite():
         raise MalformedItem(names[0], "not a finite number")
+    if dec.is_zero():
+        return Decimal(0)  # "0E-20000" is zero, but its exponent alone would not fit a numeric
     if abs(dec) >= Decimal("1e20"):
         raise MalformedItem(names[0], "number out of range")
+    _, digits, exponent = dec.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    significant = len("".join(map(str, digits)).rstrip("0"))  # (normalize() would round to 28 digits first)
+    if -(exponent + len(digits) - significant) > MAX_FRACTION_DIGITS:
+        # 1e-20000 cannot be written in PostgreSQL's binary numeric format at all; 1e-1001 would be a
+        # 1,000-digit number. No share count or price has more than a few decimals.
+        raise MalformedItem(names[0], f"more than {MAX_FRACTION_DIGITS} digits after the decimal point")
     if minimum is not None and dec < minimum:
         raise MalformedItem(names[0], f"must be >= {minimum}, got {dec}")
+    if maximum is not None and dec > maximum:
+        raise MalformedItem(names[0], f"must be <= {maximum}, got {dec}")
     return dec
 
 
@@ -160,12 +194,15 @@ def _timestamp(item: dict[str, Any], *names: str) -> int:
     value = _get(item, *names)
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
         raise MalformedItem(names[0], f"expected epoch seconds, got {type(value).__name__}")
+    # The range first: int() of a Decimal such as 1e9999999 would build a number of ten million digits.
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise MalformedItem(names[0], "not a finite number")
+    if not 0 < value < MAX_TIMESTAMP:
+        raise MalformedItem(names[0], f"out of range: {ascii(str(value)[:40])}")
     if isinstance(value, Decimal):
         if value != value.to_integral_value():
             raise MalformedItem(names[0], "epoch seconds must be whole")
         value = int(value)
-    if not 0 < value < MAX_TIMESTAMP:
-        raise MalformedItem(names[0], f"out of range: {value}")
     return value
 
 
@@ -255,7 +292,7 @@ def parse_fill(item: Any) -> RawFill:
         asset=_token(item, "asset", "token_id"),
         side=side,
         size=_decimal(item, "size"),
-        price=_decimal(item, "price"),
+        price=_decimal(item, "price", maximum=MAX_PRICE),
         outcome=_text(item, "outcome", optional=True),
         outcome_index=_outcome_index(item),
         title=_text(item, "title", optional=True) or None,
@@ -297,9 +334,12 @@ def parse_position(item: Any) -> Position:
         raise MalformedItem("item", f"expected an object, got {type(item).__name__}")
     size = _decimal(item, "size", "current_size")
     if "curPrice" in item or "cur_price" in item:
-        cur: Decimal | None = _decimal(item, "curPrice", "cur_price")
+        cur: Decimal | None = _decimal(item, "curPrice", "cur_price", maximum=MAX_PRICE)
     elif "current_value" in item and size > 0:
-        cur = (_decimal(item, "current_value") / size).quantize(SIX_PLACES)
+        value = _decimal(item, "current_value")
+        if value > size * MAX_PRICE:
+            raise MalformedItem("current_value", "more than the position's size at the highest price")
+        cur = (value / size).quantize(SIX_PLACES)
     else:
         cur = None
     return Position(
@@ -307,7 +347,7 @@ def parse_position(item: Any) -> Position:
         asset=_token(item, "asset", "token_id"),
         condition_id=_hex(item, 64, "conditionId", "condition_id"),
         size=size,
-        avg_price=_decimal(item, "avgPrice", "avg_price"),
+        avg_price=_decimal(item, "avgPrice", "avg_price", maximum=MAX_PRICE),
         cur_price=cur,
         outcome=_text(item, "outcome", optional=True),
         outcome_index=_outcome_index(item),

@@ -33,7 +33,9 @@ class StreamError(Exception):
 
 def parse_frame(raw: str | bytes) -> RawFill | None:
     """The fill of one ``activity``/``trades`` frame; None for a frame of anything else (``PONG``, other
-    topics, server messages). Raises :class:`MalformedItem` for a trades frame that cannot be used."""
+    topics, server messages). Raises :class:`MalformedItem` for a trades frame that cannot be used, and
+    for a frame that does not parse for any reason (not JSON, or nested too deeply: a ``RecursionError``
+    is no ``ValueError``, and escaping would crash the reader again and again)."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     if not raw.startswith("{"):
@@ -42,9 +44,14 @@ def parse_frame(raw: str | bytes) -> RawFill | None:
         frame = json.loads(raw, parse_float=Decimal)
     except ValueError:
         raise MalformedItem("frame", "not JSON") from None
+    except RecursionError:
+        raise MalformedItem("frame", "JSON nested too deeply") from None
     if not isinstance(frame, dict) or frame.get("topic") != "activity" or frame.get("type") != "trades":
         return None
-    return parse_fill(frame.get("payload"))
+    try:
+        return parse_fill(frame.get("payload"))
+    except RecursionError:
+        raise MalformedItem("frame", "payload nested too deeply") from None
 
 
 class RtdsConnection:

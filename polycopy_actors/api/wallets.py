@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+from polycopy_actors.config.loader import shown
 
 _WALLET_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 
@@ -11,16 +14,20 @@ class InvalidWallet(ValueError):
     """Raised for a string that is not a wallet address."""
 
 
+#: Most bad addresses one message lists (each shown escaped and cut: a message is one short line).
+LISTED = 3
+
+
 def normalize_wallet(value: object) -> str:
     """Return ``value`` as a lowercase wallet address or raise :class:`InvalidWallet`."""
     if not isinstance(value, str) or not _WALLET_RE.fullmatch(value):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise InvalidWallet(f"invalid wallet address {shown}: expected 0x followed by 40 hex characters")
+        raise InvalidWallet(f"invalid wallet address {shown(value)}: expected 0x followed by 40 hex characters")
     return value.lower()
 
 
-def normalize_wallets(values: list[str]) -> list[str]:
-    """Validate every address; raise naming all invalid ones (none is accepted if any is bad)."""
+def normalize_wallets(values: Sequence[str]) -> list[str]:
+    """Validate every address; raise naming the invalid ones, escaped and cut, at most :data:`LISTED` of
+    them (none is accepted if any is bad)."""
     bad: list[str] = []
     good: list[str] = []
     for value in values:
@@ -29,10 +36,9 @@ def normalize_wallets(values: list[str]) -> list[str]:
         except InvalidWallet:
             bad.append(value)
     if bad:
-        raise InvalidWallet(
-            "invalid wallet address(es): " + ", ".join(repr(b) for b in bad)
-            + " (expected 0x followed by 40 hex characters)"
-        )
+        more = f" and {len(bad) - LISTED} more" if len(bad) > LISTED else ""
+        raise InvalidWallet("invalid wallet address(es): " + ", ".join(shown(b) for b in bad[:LISTED]) + more
+                            + " (expected 0x followed by 40 hex characters)")
     return list(dict.fromkeys(good))
 
 

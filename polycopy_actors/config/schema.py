@@ -83,6 +83,19 @@ class ApiSettings:
     max_retries: int = field(metadata=_rng(ge=0, le=20))
     backoff_base_seconds: float = field(metadata=_rng(ge=0))
     backoff_max_seconds: float = field(metadata=_rng(ge=0))
+    #: A ``Retry-After`` (429, 503) is honoured up to this long, and the tier slowed no longer than this:
+    #: one answer must not freeze a tier for days. A value that is no number or date is ignored.
+    retry_after_max_seconds: float = field(metadata=_rng(gt=0, le=600))
+    #: One attempt of a request (connect, headers and the whole body together) lasts at most this long,
+    #: however slowly the server sends (``timeout_seconds`` bounds each socket read only).
+    request_deadline_seconds: float = field(metadata=_rng(gt=0))
+    #: A larger answer is refused while it is read (``malformed``): never held in memory beyond this.
+    max_body_bytes: int = field(metadata=_rng(ge=1024))
+    #: One walk of a paged route reads at most this many pages, or fails ``incomplete`` (the global
+    #: feed returns what it read, marked incomplete).
+    max_walk_pages: int = field(metadata=_rng(ge=1))
+    #: ... and at most this many rows.
+    max_walk_rows: int = field(metadata=_rng(ge=1))
     #: Rows asked per page (clamped to each route's documented maximum).
     page_size: int = field(metadata=_rng(ge=1))
     #: History read for a wallet seen for the first time; 0 = everything the API serves.
@@ -95,6 +108,9 @@ class ApiSettings:
     max_answer_age_seconds: float = field(metadata=_rng(ge=0))
     #: A malformed trade row holds the wallet's cursor for this many reads, then no longer.
     malformed_hold_reads: int = field(metadata=_rng(ge=1))
+    #: A row dated further ahead of this clock is kept but moves no cursor or watermark (a future-dated row
+    #: must not blind the feed or a wallet's reads).
+    max_future_skew_seconds: float = field(metadata=_rng(ge=0, le=3600))
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,11 @@ class DbSettings:
     give_up_seconds: float = field(metadata=_rng(gt=0))
     #: Data directory of the embedded server used when DATABASE_URL is unset.
     embedded_data_dir: str
+    #: Every statement of the service waits at most this long for a lock (``lock_timeout``) ...
+    lock_timeout_seconds: float = field(metadata=_rng(gt=0))
+    #: ... and runs at most this long (``statement_timeout``); a flush still running after 1.5 times this
+    #: plus 2 s (a connection dropped in silence) has its connection cut by the writer's watchdog.
+    statement_timeout_seconds: float = field(metadata=_rng(gt=0))
 
 
 @dataclass(frozen=True)
@@ -186,6 +207,8 @@ class FeedSettings:
     overlap_seconds: int = field(metadata=_rng(ge=0))
     #: Without a persisted cursor, the first walk reads this far back (wallet reads back-fill the rest).
     start_lookback_seconds: int = field(metadata=_rng(ge=0))
+    #: One walk reads at most this many pages; a gap deeper than that is left to the wallets' own reads.
+    max_pages_per_walk: int = field(metadata=_rng(ge=1))
     #: No successful walk for this long: the feed is down, and wallets are polled one by one again.
     stale_after_seconds: float = field(metadata=_rng(gt=0))
 

@@ -8,6 +8,8 @@ recovering linearly over ``recovery_seconds``.
 
 from __future__ import annotations
 
+import math
+
 
 class TokenBucket:
     """Not thread-safe: owned by one actor (or one test)."""
@@ -50,9 +52,13 @@ class TokenBucket:
         return start - now + (-self.tokens) / self.effective_rate(now)
 
     def throttle(self, now: float, seconds: float) -> None:
-        """The API said 429: pause for ``seconds`` and halve the rate (it recovers over time)."""
+        """The API said 429: pause for ``seconds`` and halve the rate (it recovers over time). A negative
+        or non-finite ``seconds`` (infinity, NaN: a hostile ``Retry-After``) counts as 0, so the bucket
+        can never be paused for ever; the rate is halved all the same."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            seconds = 0.0
         self._refill(now)
-        self.paused_until = max(self.paused_until, now + max(0.0, seconds))
+        self.paused_until = max(self.paused_until, now + seconds)
         self.tokens = min(self.tokens, 0.0)
         self.penalty_factor = max(0.1, (self.penalty_factor if self.penalty_started else 1.0) / 2)
         self.penalty_started = now
