@@ -86,3 +86,62 @@ def test_json_logs_are_one_object_per_line(db, simulator, tmp_path):
     records = [json.loads(line) for line in proc.lines if line.strip()]
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     assert any("cold sweep completed" in r["msg"] for r in records)
+
+
+# --- Hostile command line values: exit 2, one line, values escaped and cut -----------------------
+
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/none"  # a check that let a value through would exit 3
+FORGED = "x\nERROR polycopy_actors: forged line"
+
+
+def _refused(proc: subprocess.CompletedProcess[str], *, longest: int = 400) -> str:
+    """The one error line of a refused command (usage lines aside)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, proc.stderr
+    assert not any(line.startswith("ERROR") for line in proc.stderr.splitlines()), proc.stderr
+    assert len(errors[0]) <= longest, errors[0]
+    return errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_follower_ids_are_bounded_and_printable(db):
+    line = _refused(run("follow", W1, "--follower", "f" * 201, dsn=db))
+    assert "--follower" in line and "200" in line
+    line = _refused(run("follow", W1, "--follower", FORGED, dsn=db))
+    assert "\\n" in line and "forged" in line  # shown escaped, on the error's own line
+    for bad in ("", "tab\there", "esc\x1b[31m", "bidi\u202eevil"):
+        _refused(run("unfollow", W1, "--follower", bad, dsn=db))
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM follows").fetchone() == (0,)
+    ok = run("follow", W1, "--follower", "é" * 200, dsn=db)
+    assert ok.returncode == 0, ok.stderr
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT follower_id FROM follows").fetchall() == [("é" * 200,)]
+
+
+@pytest.mark.timeout(120)
+def test_junk_arguments_are_refused_in_one_short_escaped_line():
+    huge = "9" * 5000
+    cases = [
+        (("follow", "0x" + "z" * 5000, FORGED, W1), "invalid wallet"),
+        (("follow", *[f"0xbad{i}" for i in range(50)]), "and 47 more"),
+        (("traders", "add", FORGED), "invalid wallet"),
+        (("tail", "--wallet", FORGED, "--wallet", "j" * 5000), "invalid wallet"),
+        (("--tier", "hot", "--processes", huge), "--processes"),
+        (("--tier", "hot", "--processes", "65"), "from 1 to 64"),
+        (("--tier", "hot", "--processes", "1\n"), "--processes"),
+        (("--tier", "h" * 5000), "invalid choice"),
+        (("--tier", FORGED), "invalid choice"),
+        (("migrate", FORGED, "y" * 5000), "unrecognized arguments"),
+        (("--log-format", FORGED, "--tier", "hot"), "invalid choice"),
+        (("--tier", "hot", "--env", FORGED), "invalid environment name"),
+        (("--tier", "hot", "--env", "e" * 5000), "invalid environment name"),
+        (("--tier", "hot", "--env", "é"), "invalid environment name"),
+        (("--tier", "hot", "--env", "../default"), "invalid environment name"),
+        (("--tier", "hot", "--config", "/nonexistent/" + FORGED), "file not found"),
+    ]
+    for args, expected in cases:
+        line = _refused(run(*args, dsn=UNREACHABLE, timeout=30))
+        assert expected in line, (args[:2], line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -87,3 +88,103 @@ def test_unknown_env_is_exit_2():
     proc = subprocess.run([sys.executable, "-m", "polycopy_actors", "--tier", "hot", "--env", "nowhere"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nowhere" in proc.stderr
+
+
+# --- Hostile config files: bounded reads, nothing of the file echoed -----------------------------
+
+SHADOW = ("root:$y$j9T$secrethash:19000:0:99999:7:::\n"
+          "daemon:*:19000:0:99999:7:::\n"
+          "svc:$6$saltsalt$otherhash:19000:0:99999:7:::\n")
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m polycopy_actors ARGS`` with at most 2 GiB of address space (an unbounded read fails)."""
+    import resource  # noqa: PLC0415 - POSIX only
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLYCOPY_")}
+    env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"  # never reached: the config fails first
+    return subprocess.run([sys.executable, "-m", "polycopy_actors", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, preexec_fn=limit)
+
+
+def _one_config_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+@pytest.mark.timeout(60)
+def test_config_must_be_a_regular_file(tmp_path):
+    line = _one_config_error(_cli("--tier", "hot", "--config", "/dev/zero", timeout=30))
+    assert "/dev/zero: not a regular file" in line
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(env="development", config_file=fifo, environ={})
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_settings(env="development", config_file=tmp_path, environ={})
+
+
+@pytest.mark.timeout(60)
+def test_config_files_are_at_most_1_mib(tmp_path):
+    from polycopy_actors.config.loader import MAX_CONFIG_BYTES
+
+    line = "# " + "x" * 61 + "\n"  # 64 bytes
+    exact = tmp_path / "exact.yaml"
+    exact.write_text(line * (MAX_CONFIG_BYTES // len(line)))
+    assert exact.stat().st_size == MAX_CONFIG_BYTES == 1024 * 1024
+    assert load_settings(env="development", config_file=exact, environ={}).env == "development"
+    big = tmp_path / "big.yaml"
+    big.write_text(line * (MAX_CONFIG_BYTES // len(line)) + "#")
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_settings(env="development", config_file=big, environ={})
+
+
+@pytest.mark.timeout(60)
+def test_no_config_error_echoes_the_file(tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.write_text(SHADOW)
+    line = _one_config_error(_cli("--tier", "hot", "--config", str(shadow)))
+    assert str(shadow) in line and "an unknown key (not shown)" in line
+    rest = line.replace(str(shadow), "")
+    assert not any(piece in rest for piece in ("root", "secrethash", "daemon", "$y$", "19000")), line
+    cases = {
+        "a: !secret-tag-xyz value\n": "line 1 column 4",                     # an unknown tag
+        "a: *secret_alias_xyz\n": "line 1 column 4",                         # an undefined alias
+        "a: 'secret-token-xyz\n": "line 2 column 1",                         # an unterminated quote
+        'a: "secret\\qtoken-xyz"\n': "line 1 column 12",                     # a bad escape
+        "pollers:\n  secret-token-xyz: 1\n": "an unknown key (not shown) under pollers",
+        "secret token xyz: 1\n": "an unknown key (not shown)",
+        "? [secret, token-xyz]\n: 1\n": "line 1 column 3",                    # an unhashable key
+        "1234: secret-token-xyz\n": "keys must be strings",
+        "- secret-token-xyz\n": "top level must be a mapping",
+        "a: \x01secret-token-xyz\n": "invalid YAML",                          # a control character
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "case.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_settings(env="development", config_file=path, environ={})
+        message = str(info.value)
+        assert expected in message and "secret" not in message.replace(str(path), ""), (text, message)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"a: \xff\xfesecret-token-xyz\n")
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_settings(env="development", config_file=binary, environ={})
+    assert "secret" not in str(info.value).replace(str(binary), "")
+
+
+@pytest.mark.timeout(60)
+def test_a_small_file_cannot_expand_into_a_huge_tree(tmp_path):
+    bomb = tmp_path / "bomb.yaml"  # 800 bytes, 2**26 values once its aliases are followed
+    lines = ["a0: &a0 {x: 1, y: 1}"] + [f"a{i}: &a{i} {{x: *a{i - 1}, y: *a{i - 1}}}" for i in range(1, 25)]
+    bomb.write_text("\n".join(lines) + "\n")
+    line = _one_config_error(_cli("--tier", "hot", "--config", str(bomb), timeout=40))  # in a child: bounded memory
+    assert "more than 20000 values" in line
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested"):
+        load_settings(env="development", config_file=deep, environ={})

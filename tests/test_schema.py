@@ -22,7 +22,8 @@ def test_migrations_apply_once_and_are_idempotent(fresh_database):
     dsn = fresh_database(migrated=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         files = ["001_core_tables", "002_job_locks", "003_follow_triggers", "004_cold_sweeps",
-                 "005_position_evidence", "006_hot_wallets_view", "007_trade_sources"]
+                 "005_position_evidence", "006_hot_wallets_view", "007_trade_sources",
+                 "008_row_level_security_everywhere"]
         assert pending(conn) == files
         assert migrate(conn) == files
         assert migrate(conn) == [] and pending(conn) == []
@@ -31,8 +32,8 @@ def test_migrations_apply_once_and_are_idempotent(fresh_database):
         assert {"follows", "traders", "trades_public", "wallet_poll_state", "positions_current",
                 "positions_closed", "job_locks", "cold_sweeps", "schema_migrations"} <= tables
         rls = conn.execute("SELECT count(*) FROM pg_class WHERE relname = ANY(%s) AND relrowsecurity",
-                           (sorted(tables - {"schema_migrations"}),)).fetchone()
-        assert rls == (len(tables) - 1,)  # every table but schema_migrations
+                           (sorted(tables),)).fetchone()
+        assert rls == (len(tables),)  # every table, schema_migrations too
 
 
 def test_concurrent_migrate_runs_apply_each_file_once(fresh_database):

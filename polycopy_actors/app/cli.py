@@ -7,8 +7,10 @@ on stderr, never a traceback; passwords are never printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,18 +24,68 @@ from polycopy_actors.app.multiproc import cleanup_multiprocess_metrics, prepare_
 from polycopy_actors.app.status import collect_status, format_status
 from polycopy_actors.app.tail import tail
 from polycopy_actors.config import ConfigError, Settings, load_settings
+from polycopy_actors.config.loader import shown
 from polycopy_actors.db import queries
-from polycopy_actors.db.connect import connect, open_database, scrub
+from polycopy_actors.db.connect import check_dsn, connect, open_database, scrub
 from polycopy_actors.db.migrate import MigrationError, migrate, prepare_schema
 from polycopy_actors.exitcodes import RET_CONFIG, RET_DATABASE, RET_INTERNAL, RET_OK, ExitError
 
 log = logging.getLogger("polycopy_actors")
 
 
+#: Longest follower id (the database's CHECK on follows.follower_id).
+MAX_FOLLOWER_CHARS = 200
+#: Most values of one kind a message lists.
+_LISTED = 3
+_MAX_PROCESSES = int(next(f.metadata["le"] for f in dataclasses.fields(Settings) if f.name == "processes"))
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    """A message as one line: control characters escaped, cut to about ``limit`` characters."""
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _listed(values: Sequence[str]) -> str:
+    """Some user values for a message, each escaped and cut (:func:`shown`)."""
+    more = f" and {len(values) - _LISTED} more" if len(values) > _LISTED else ""
+    return ", ".join(shown(v) for v in values[:_LISTED]) + more
+
+
 class _Parser(argparse.ArgumentParser):
+    """argparse whose errors exit 2 with one line that shows user values escaped and cut."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
-        self.exit(RET_CONFIG, f"{self.prog}: error: {message}\n")
+        self.exit(RET_CONFIG, f"{self.prog}: error: {_one_line(message)}\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {_listed(extras)}")
+        return parsed
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {shown(value)} (choose from {choices})")
+
+
+def _follower(value: str) -> str:
+    """``--follower``: 1 to 200 printable characters, no control characters."""
+    if not 1 <= len(value) <= MAX_FOLLOWER_CHARS or not value.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {MAX_FOLLOWER_CHARS} printable characters without control characters "
+            f"(got {shown(value)}, {len(value)} characters)")
+    return value
+
+
+def _processes(value: str) -> int:
+    """``--processes``: a whole number within the config's range."""
+    if not re.fullmatch(r"[0-9]{1,6}", value) or not 1 <= int(value) <= _MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {_MAX_PROCESSES} (got {shown(value)})")
+    return int(value)
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -49,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parser, suppress=False)
     parser.add_argument("--tier", choices=("hot", "cold"), help="run this tier until stopped")
     parser.add_argument("--once", action="store_true", help="one pass over the tier's wallets, then exit 0")
-    parser.add_argument("--processes", type=int, default=None, metavar="N", help="shard processes (overrides config)")
+    parser.add_argument("--processes", type=_processes, default=None, metavar="N",
+                        help="shard processes (overrides config)")
     parser.add_argument("--log-format", choices=("text", "json"), default=None, help="overrides logging.format")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -58,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("follow", help="follow wallets (hot tier)")
     _common(p, suppress=True)
     p.add_argument("wallets", nargs="+", metavar="WALLET")
-    p.add_argument("--follower", default="cli", help="follower id (default: cli)")
+    p.add_argument("--follower", type=_follower, default="cli", help="follower id (default: cli)")
     p = sub.add_parser("unfollow", help="stop following wallets")
     _common(p, suppress=True)
     p.add_argument("wallets", nargs="+", metavar="WALLET")
-    p.add_argument("--follower", default=None, help="only this follower's follows (default: every follower)")
+    p.add_argument("--follower", type=_follower, default=None,
+                   help="only this follower's follows (default: every follower)")
     p = sub.add_parser("traders", help="manage the cold tier's traders")
     _common(p, suppress=True)
     p.add_argument("action", choices=("add", "deactivate"))
@@ -183,10 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
         return RET_CONFIG
-    setup_logging(settings.logging.level, settings.logging.format)
+    setup_logging(settings.logging.level, settings.logging.format, dsn=settings.database_url)
+
+    def fail(prefix: str, exc: BaseException | str) -> None:
+        text = exc.message if isinstance(exc, ExitError) else str(exc)
+        print(f"{prefix}{_one_line(scrub(text, settings.database_url))}", file=sys.stderr)
+
     try:
+        if settings.database_url:
+            check_dsn(settings.database_url)  # before anything could quote it
+        if getattr(args, "wallets", None):
+            args.wallets = normalize_wallets(args.wallets)
         if args.command == "migrate":
             return cmd_migrate(settings)
         if args.command in ("follow", "unfollow"):
@@ -199,23 +262,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tail(settings, args)
         return cmd_run(settings, args)
     except ExitError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        fail("error: ", exc)
         return exc.code
-    except InvalidWallet as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return RET_CONFIG
-    except MigrationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (InvalidWallet, MigrationError) as exc:
+        fail("error: ", exc)
         return RET_CONFIG
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        fail("config error: ", exc)
         return RET_CONFIG
     except psycopg.OperationalError as exc:
-        print(f"error: database error: {scrub(str(exc).strip().splitlines()[0], settings.database_url)}",
-              file=sys.stderr)
+        text = str(exc).strip()
+        fail("error: database error: ", text.splitlines()[0] if text else type(exc).__name__)
         return RET_DATABASE
     except KeyboardInterrupt:
         return RET_OK
     except Exception:
-        log.exception("internal error")
+        log.exception("internal error")  # the log filter scrubs the database secrets from it
         return RET_INTERNAL

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
+
+from polycopy_actors.db.connect import dsn_secrets, scrub
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -25,14 +28,49 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_text or record.exc_info:
+            out["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text", shard: str | None = None) -> None:
+class SecretFilter(logging.Filter):
+    """Scrubs the database's secrets (its password, the raw userinfo of a URL, any ``password=``) from
+    each record's message, arguments, exception text and extra fields: defence in depth, so even
+    ``log.exception(...)`` of an error quoting the connection string prints no password."""
+
+    def __init__(self, dsn: str | None) -> None:
+        super().__init__()
+        self.secrets = dsn_secrets(dsn)
+
+    def _clean(self, text: str) -> str:
+        return scrub(text, secrets=self.secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: show the template and its arguments' types only
+            message = f"{record.msg} (arguments of types {[type(a).__name__ for a in record.args or ()]})"
+        record.msg, record.args = self._clean(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _EXC_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _RESERVED and isinstance(value, str):
+                record.__dict__[key] = self._clean(value)
+        return True
+
+
+_EXC_FORMATTER = logging.Formatter()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", shard: str | None = None,
+                  dsn: str | None = None) -> None:
     """Configure the root logger (stderr). Safe to call again (replaces the handler).
-    ``shard``: a shard process's name, shown on each of its lines (JSON: a ``shard`` field)."""
+    ``shard``: a shard process's name, shown on each of its lines (JSON: a ``shard`` field).
+    ``dsn``: the connection string whose secrets no line may show (default: ``$DATABASE_URL``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_polycopy", False):
@@ -52,6 +90,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", shard: str | None = No
             record.shard = shard
             return True
         handler.addFilter(add_shard)
+    handler.addFilter(SecretFilter(dsn if dsn is not None else os.environ.get("DATABASE_URL")))
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("urllib3", "psycopg.pool", "pgserver", "websockets"):

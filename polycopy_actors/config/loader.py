@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -38,24 +40,101 @@ ENV_OVERRIDES: dict[str, str] = {
 EMPTY_MEANS_OFF = {"POLYCOPY_RTDS_URL"}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+#: Largest configuration file read (bytes): a config file is a few kilobytes.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Most values (mappings, lists and scalars, each alias counted again) one file may hold.
+MAX_CONFIG_NODES = 20_000
+#: Deepest nesting one file may hold.
+MAX_CONFIG_DEPTH = 32
+#: An environment name: ``config/<env>.yaml``.
+_ENV_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: A key that may be named in a message: anything else in a file is shown as "(not shown)".
+_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: A problem kind per YAML error class: a message never quotes the file (its "problem" text can).
+_YAML_PROBLEMS: tuple[tuple[type[Exception], str], ...] = (
+    (yaml.reader.ReaderError, "a character YAML does not allow"),
+    (yaml.scanner.ScannerError, "a token YAML cannot read"),
+    (yaml.parser.ParserError, "a structure YAML cannot parse"),
+    (yaml.composer.ComposerError, "a bad anchor or alias"),
+    (yaml.constructor.ConstructorError, "a value or tag that cannot be loaded"),
+)
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as a message may show it: escaped (``ascii()``, so one line and no control
+    characters) and cut to about ``limit`` characters."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_path(path: object) -> str:
+    """A file name for a message: as given when it is plain printable ASCII, else :func:`shown`."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
+    if isinstance(text, str) and text.isascii() and text.isprintable() and 0 < len(text) <= 200:
+        return text
+    return shown(text)
+
+
+def _read_text(path: Path) -> str:
+    """The text of a regular file of at most :data:`MAX_CONFIG_BYTES`, never reading more than that."""
+    name = shown_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # stat first: opening a FIFO would block
+            raise ConfigError(f"{name}: not a regular file")
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{name}: not a regular file")
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{name}: file not found") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # an embedded NUL in the name
+        raise ConfigError(f"{name}: not a valid file name") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: larger than 1 MiB (a configuration file is a few kilobytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start + 1})") from None
+
+
+def _check_bounds(data: Any, name: str) -> None:
+    """Refuse a tree too big or too deep (aliases can make a small file expand enormously)."""
+    budget = MAX_CONFIG_NODES
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"{name}: more than {MAX_CONFIG_NODES} values (aliases counted each time)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{name}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    name = shown_path(path)
+    text = _read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+        if isinstance(exc, yaml.reader.ReaderError):
+            where = f" character {exc.position + 1}"
+        kind = next((k for cls, k in _YAML_PROBLEMS if isinstance(exc, cls)), "a syntax error")
+        raise ConfigError(f"{name}{where}: invalid YAML ({kind})") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: invalid YAML (nested too deeply)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"{name}: the top level must be a mapping of keys, not {type(data).__name__}")
+    _check_bounds(data, name)
     return data
 
 
@@ -63,7 +142,8 @@ def _merge(base: dict[str, Any], overlay: Mapping[str, Any], source: str, source
            prefix: str = "") -> None:
     for key, value in overlay.items():
         if not isinstance(key, str):
-            raise ConfigError(f"{source}: {prefix}{key!r}: keys must be strings")
+            raise ConfigError(f"{source}: {prefix or 'top level'}: a key of type {type(key).__name__} "
+                              "(keys must be strings)")
         path = prefix + key
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, source, sources, path + ".")
@@ -112,7 +192,7 @@ def _coerce(value: Any, tp: Any, path: str, sources: dict[str, str]) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise fail(f"must be one of {', '.join(map(str, allowed))} (got {value!r})")
+            raise fail(f"must be one of {', '.join(map(str, allowed))} (got {shown(value)})")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -120,21 +200,21 @@ def _coerce(value: Any, tp: Any, path: str, sources: dict[str, str]) -> Any:
         return _build(tp, value, path + ".", sources)
     if tp is bool:
         if not isinstance(value, bool):
-            raise fail(f"must be true or false (got {value!r})")
+            raise fail(f"must be true or false (got {shown(value)})")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(f"must be an integer (got {value!r})")
+            raise fail(f"must be an integer (got {shown(value)})")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail(f"must be a number (got {value!r})")
+            raise fail(f"must be a number (got {shown(value)})")
         if value != value or value in (float("inf"), float("-inf")):
-            raise fail(f"must be a finite number (got {value!r})")
+            raise fail(f"must be a finite number (got {shown(value)})")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise fail(f"must be a string (got {value!r})")
+            raise fail(f"must be a string (got {shown(value)})")
         return value
     raise fail(f"unsupported type {tp!r}")  # pragma: no cover - a schema bug
 
@@ -146,8 +226,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str, sources: dict[str, str]
         if key not in fields:
             path = prefix + str(key)
             known = ", ".join(sorted(fields))
-            shown = path if key and path.isprintable() else repr(path)
-            raise ConfigError(f"{_source_of(path, sources)}: {shown}: unknown key (known here: {known})")
+            source = _source_of(path, sources)
+            if _KEY_RE.fullmatch(str(key)):
+                raise ConfigError(f"{source}: {path}: unknown key (known here: {known})")
+            where = f" under {prefix[:-1]}" if prefix else ""
+            raise ConfigError(f"{source}: an unknown key (not shown){where} (known here: {known})")
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         path = prefix + name
@@ -180,13 +263,13 @@ def _check_cross_fields(obj: Any, prefix: str, sources: dict[str, str]) -> None:
         raise ConfigError(f"{_source_of(path, sources)}: {path}: must not exceed {prefix}pool_max_size")
     if isinstance(obj, StreamSettings) and obj.url and not obj.url.startswith(("ws://", "wss://")):
         path = prefix + "url"
-        raise ConfigError(f"{_source_of(path, sources)}: {path}: must be a ws(s) URL or empty (got {obj.url!r})")
+        raise ConfigError(f"{_source_of(path, sources)}: {path}: must be a ws(s) URL or empty (got {shown(obj.url)})")
     if isinstance(obj, ApiSettings):
         for key in ("data_api_url", "gamma_api_url"):
             url = getattr(obj, key)
             if not url.startswith(("http://", "https://")):
                 path = prefix + key
-                raise ConfigError(f"{_source_of(path, sources)}: {path}: must be an http(s) URL (got {url!r})")
+                raise ConfigError(f"{_source_of(path, sources)}: {path}: must be an http(s) URL (got {shown(url)})")
 
 
 def _env_value(var: str, raw: str, path: str) -> Any:
@@ -194,7 +277,7 @@ def _env_value(var: str, raw: str, path: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"environment variable {var}: must be an integer (got {raw!r})") from None
+            raise ConfigError(f"environment variable {var}: must be an integer (got {shown(raw)})") from None
     return raw
 
 
@@ -211,8 +294,9 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     env = env or environ.get("POLYCOPY_ENV") or "development"
-    if not env.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"--env: invalid environment name {env!r}")
+    if not _ENV_RE.fullmatch(env):
+        raise ConfigError(f"--env: invalid environment name {shown(env)} (letters, digits, - and _, at most "
+                          "64 characters)")
     sources: dict[str, str] = {}
     merged: dict[str, Any] = {}
     default_path = CONFIG_DIR / "default.yaml"
@@ -223,7 +307,7 @@ def load_settings(
         raise ConfigError(f"--env {env}: no file {env_path} (known environments: {known})")
     _merge(merged, _read_yaml(env_path), str(env_path), sources)
     if config_file is not None:
-        _merge(merged, _read_yaml(Path(config_file)), str(config_file), sources)
+        _merge(merged, _read_yaml(Path(config_file)), shown_path(config_file), sources)
     for var, path in ENV_OVERRIDES.items():
         raw = environ.get(var)
         if raw is None or (raw == "" and var not in EMPTY_MEANS_OFF):

@@ -57,12 +57,40 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+# Like every table: with no policy, a role that is neither the owner nor BYPASSRLS (Supabase's anon and
+# authenticated roles, whatever GRANT ALL they hold) can neither read nor change the recorded checksums.
+_ENABLE_RLS = "ALTER TABLE schema_migrations ENABLE ROW LEVEL SECURITY"
+
+#: Whether row level security hides schema_migrations' rows from the current role.
+_HIDDEN_SQL = """
+SELECT c.relrowsecurity
+       AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+       AND NOT r.rolbypassrls AND NOT r.rolsuper
+FROM pg_class c, pg_roles r
+WHERE c.oid = to_regclass('schema_migrations') AND r.rolname = current_user
+"""
+
+
+def _create_table(conn: psycopg.Connection[Any]) -> None:
+    """Create ``schema_migrations`` (row level security on) unless it exists."""
+    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if exists and exists[0]:
+        return
+    with conn.transaction():
+        conn.execute(_CREATE_TABLE)
+        conn.execute(_ENABLE_RLS)
 
 
 def _applied(conn: psycopg.Connection[Any]) -> dict[str, str]:
     exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
     if not exists or not exists[0]:
         return {}
+    hidden = conn.execute(_HIDDEN_SQL).fetchone()
+    if hidden and hidden[0]:
+        raise MigrationError(
+            "row level security hides schema_migrations from this database role: connect as the owner of "
+            "the tables (or a role with BYPASSRLS, such as Supabase's service role)"
+        )
     return dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
 
 
@@ -88,7 +116,7 @@ def migrate(conn: psycopg.Connection[Any], sql_dir: Path = PROJECT_SQL_DIR) -> l
         raise ValueError("migrate() needs an autocommit connection")
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
     try:
-        conn.execute(_CREATE_TABLE)
+        _create_table(conn)
         todo = set(pending(conn, sql_dir))
         done = []
         for mig in discover(sql_dir):
