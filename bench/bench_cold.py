@@ -34,11 +34,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import percentile, scratch_database  # noqa: E402
-from polycopy_actors.app.run import _in_process  # noqa: E402
+from polycopy_actors.app.run import ProcessHealth, _in_process  # noqa: E402
 from polycopy_actors.app.sweep import SweepLoop  # noqa: E402
 from polycopy_actors.config import load_settings  # noqa: E402
 from polycopy_actors.db import queries  # noqa: E402
-from polycopy_actors.observe import HealthState  # noqa: E402
 from polycopy_actors.simulator import SimConfig, Simulator, World  # noqa: E402
 
 
@@ -55,8 +54,7 @@ def sweep_throughput(n: int) -> dict[str, float]:
     with scratch_database() as dsn:
         with psycopg.connect(dsn) as conn:
             queries.add_traders(conn, world.wallets)
-        health = HealthState(60, 1000)
-        loop = SweepLoop(settings, "cold", dsn, _in_process(settings, "cold", dsn, health), once=True)
+        loop = SweepLoop(settings, "cold", dsn, _in_process(settings, "cold", dsn, ProcessHealth()), once=True)
         started = time.monotonic()
         code = loop.run(threading.Event())
         elapsed = time.monotonic() - started
@@ -85,8 +83,7 @@ def events_run(n: int, seconds: float, fills_per_second: float) -> dict[str, flo
             queries.add_traders(conn, traders)
             conn.execute("INSERT INTO wallet_poll_state (wallet, tier, last_polled_at, last_success_at) "
                          "SELECT wallet, 'cold', now(), now() FROM traders")
-        health = HealthState(300, 100_000)
-        loop = SweepLoop(settings, "cold", dsn, _in_process(settings, "cold", dsn, health), once=False)
+        loop = SweepLoop(settings, "cold", dsn, _in_process(settings, "cold", dsn, ProcessHealth()), once=False)
         stop = threading.Event()
         runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
         runner.start()

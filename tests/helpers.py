@@ -286,3 +286,84 @@ def healthz(port: int) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``(host, port)`` that can stall in silence: while frozen it
+    keeps every connection open and accepts new ones, but forwards no byte either way (what a NAT that
+    forgot a connection, or a stalled middlebox, looks like to both ends). Threads: one accepting, two
+    per connection pumping; all daemon, all ended by :meth:`close`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._running = threading.Event()
+        self._running.set()  # set: bytes flow
+        self._closed = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = int(self._server.getsockname()[1])
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name="tcp-proxy-accept", daemon=True).start()
+
+    def freeze(self) -> None:
+        self._running.clear()
+
+    def thaw(self) -> None:
+        self._running.set()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), name="tcp-proxy-pump", daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.2)
+        try:
+            while not self._closed.is_set():
+                if not self._running.wait(0.2):
+                    continue  # frozen: read nothing, forward nothing
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                self._running.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._running.set()
+        self._server.close()
+        with self._lock:
+            for s in self._conns:
+                s.close()
+
+
+def dsn_via(dsn: str, port: int) -> str:
+    """The same database through another port of 127.0.0.1 (a proxy)."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info.update(host="127.0.0.1", port=str(port))
+    return psycopg.conninfo.make_conninfo(**info)

@@ -105,7 +105,7 @@ def test_migration_rewrites_ids_of_a_database_filled_by_the_earlier_derivation(f
                  f.condition_id, f.asset, f.side, f.size, f.price, f.outcome, f.transaction_hash, f.timestamp))
     with psycopg.connect(dsn, autocommit=True) as conn:
         for m in migrations:
-            if m.version >= "007":
+            if m.version.startswith("007"):
                 conn.execute(m.sql)
         stored = conn.execute("SELECT trade_id, source, confirmed_at IS NOT NULL, outcome_index "
                               "FROM trades_public").fetchall()

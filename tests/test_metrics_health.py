@@ -78,7 +78,7 @@ def test_counters_follow_the_work_and_health_follows_the_api(db, tmp_path):
 
         sim.set_faults(Faults(error_rate=1.0))  # the API fails for longer than the 2 s window
         status, body = wait_for(lambda: (h := healthz(port))[0] == 503 and h, 15, "/healthz to turn 503")
-        assert "no successful poll" in body["reason"]
+        assert "no trades read succeeded" in body["reason"]
         # The alert rule's view (PolycopyNoSuccessfulRead): the last read is older than the served window.
         m = scrape(port)
         assert metric(m, "polycopy_health_window_seconds") == 2

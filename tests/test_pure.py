@@ -272,3 +272,104 @@ def test_missing_or_bad_fields_are_named(field):
         with pytest.raises(MalformedItem) as info:
             parse_fill(broken)
         assert info.value.field == field
+
+
+# --- hostile input: what the database could not store is refused by the parser ------------------------
+
+FILL = {"proxyWallet": "0x56687BF447DB6FFA42FFE2204A05EDAA20F55839", "side": "BUY", "asset": "5",
+        "conditionId": "0x" + "ab" * 32, "size": "12.5", "price": "0.62", "timestamp": 1795000000, "title": "t",
+        "transactionHash": "0x" + "cd" * 32}
+
+
+@pytest.mark.parametrize(("patch", "field", "reason"), [
+    ({"title": "bad \ud800 title"}, "title", "not valid Unicode"),
+    ({"outcome": "\udfff"}, "outcome", "not valid Unicode"),
+    ({"size": Decimal("1e-20000")}, "size", "digits after the decimal point"),
+    ({"size": Decimal("1e-1001")}, "size", "digits after the decimal point"),
+    ({"price": Decimal("0." + "1" * 1200)}, "price", "digits after the decimal point"),
+    ({"price": "0." + "1" * 1200}, "price", "more than 100 characters"),
+    ({"price": Decimal("1.5")}, "price", "must be <= 1"),
+    ({"title": "x" * 2001}, "title", "longer than 2000"),
+])
+def test_values_the_database_cannot_hold_are_refused_by_name(patch, field, reason):
+    with pytest.raises(MalformedItem) as exc:
+        parse_fill({**FILL, **patch})
+    assert exc.value.field == field and reason in exc.value.reason
+
+
+def test_numbers_the_database_can_hold_pass_exactly():
+    assert parse_fill({**FILL, "size": Decimal("0E-20000")}).size == 0  # zero, whatever its exponent
+    assert parse_fill({**FILL, "price": Decimal("0.860000001148")}).price == Decimal("0.860000001148")
+    assert parse_fill({**FILL, "size": Decimal("1.2345678901234567E-12")}).size == Decimal("1.2345678901234567E-12")
+
+
+def test_health_tells_an_outage_a_stuck_flush_and_refused_rows_apart():
+    from polycopy_actors.observe.health import HealthState
+
+    h = HealthState(health_window_seconds=10, backlog_alarm_rows=100, now=0.0)
+    assert h.check(0.0) == (False, "supervisor not running")
+    h.start(0.0)
+    h.read_succeeded("trades", 1.0)
+    assert h.check(5.0) == (True, "ok")
+    h.rows_refused(2, "value too long")  # isolated: the rest was written, the process stays healthy
+    assert h.check(5.0)[0] and h.details(5.0)["database_refused_rows"] == 2
+    h.set_db("busy", "LockNotAvailable", 6.0)
+    assert h.check(8.0) == (False, "database busy for 2 s: writes time out (LockNotAvailable)")
+    h.set_db("unreachable", "connection refused", 8.0)
+    assert h.check(9.0)[1].startswith("database unreachable for 1 s") and h.details(9.0)["database"] == "unreachable"
+    h.set_db("ok", "", 9.0)
+    h.set_flush(9.0)
+    h.read_succeeded("trades", 9.0)
+    assert h.check(15.0)[0] and h.check(19.5) == (False, "writer stuck: one flush has run for 10 s")
+    h.set_flush(None)
+    h.set_writer(60, 50)  # the mailbox counts: 60 rows buffered + 50 messages waiting
+    assert h.check(19.5)[1] == "writer backed up: 60 rows buffered and 50 messages waiting"
+
+
+def test_health_wants_trades_to_land_not_only_positions():
+    from polycopy_actors.observe.health import HealthState
+
+    h = HealthState(health_window_seconds=10, backlog_alarm_rows=100, now=0.0)
+    h.start(0.0)
+    for t in range(0, 30, 2):
+        h.read_succeeded("positions", float(t))
+    assert h.check(30.0) == (False, "no trades read succeeded for 30 s (positions reads succeed: trades reads fail)")
+    h.read_succeeded("trades", 30.0)
+    assert h.check(31.0) == (True, "ok")
+
+
+def test_pass_progress_counts_each_wallet_once_across_restarted_pollers():
+    from polycopy_actors.logic.progress import PassProgress
+
+    p = PassProgress(pollers=2)
+    p.add(["a", "b"])
+    p.add(["c"])
+    p.swept("a")
+    p.swept("a")
+    p.drop("b")
+    assert p.progress() == (1, 2)
+    assert not p.finished(0) and not p.finished(0) and p.finished(1)
+    assert p.held(0, 3) == 3 and p.held(1, 2) == 5 and p.held(0, 1) == 3
+
+
+def test_a_future_dated_trade_never_moves_a_wallets_watermark():
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    base = {**FILL, "proxyWallet": "0x" + "1" * 40}
+    fills = [parse_fill({**base, "timestamp": int(now.timestamp()) - 30}),
+             parse_fill({**base, "timestamp": 4070908800, "transactionHash": "0x" + "ee" * 32})]
+    st = WalletState("0x" + "1" * 40)
+    mark = st.trades_read(assign_trade_ids(fills), False, now, 60)
+    assert mark == datetime.fromtimestamp(int(now.timestamp()) - 30, UTC) and st.watermark == mark
+    # Only a future row: the watermark stays where it was.
+    assert st.trades_read(assign_trade_ids(fills[1:]), False, now, 60) is None and st.watermark == mark
+    stored = {"last_trade_at": datetime(2099, 1, 1, tzinfo=UTC), "positions": {}, "rejected": {}}
+    assert WalletState.from_stored("0x" + "1" * 40, stored, now, 60).watermark is None  # read again, not trusted
+
+
+@pytest.mark.timeout(5)
+def test_an_absurd_timestamp_is_refused_at_once():
+    # int() of Decimal("1e9999999") would build a ten-million-digit number: the range comes first.
+    for value in (Decimal("1e9999999"), Decimal("-1e9999999"), Decimal("Infinity"), Decimal("NaN")):
+        with pytest.raises(MalformedItem) as exc:
+            parse_fill({**FILL, "timestamp": value})
+        assert exc.value.field == "timestamp"

@@ -12,9 +12,11 @@ import pykka
 from polycopy_actors.logic.poll_result import DetectedTrades, PollResult
 
 __all__ = [
-    "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "DetectedTrades", "FeedCursor",
-    "FlushTick", "HeldMarkets", "LoadState", "PollResult", "ReaderFailed", "ReleaseLeases", "LivenessCheck",
-    "StatusTick", "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence", "WalletsOf",
+    "ASK_TIMEOUT_SECONDS", "Acquire", "AcquireLeases", "ChildExited", "Crash", "DbState", "Demand", "DetectedTrades",
+    "FeedClock", "FeedCursor", "FeedHealth", "Flush", "FlushTick", "GaugeTick", "HealthCheck", "HeldMarkets",
+    "LivenessCheck", "LoadState", "PassDropped", "PassFinished", "PassProgress", "PassSwept", "PassWallets",
+    "PathState", "PollResult", "ReadOk", "ReaderFailed", "Refresh", "ReleaseLeases", "RowsRefused", "StatusTick",
+    "Throttle", "Tick", "Ticker", "TierWallets", "TradeEvidence", "WalletCount", "WalletsOf", "WriterState",
 ]
 
 #: Timeout of every ``ask`` (an actor never blocks on another without one).
@@ -142,20 +144,169 @@ class ReleaseLeases:
 
 class Ticker:
     """A daemon thread that ``tell``s ``message`` to an actor every ``interval`` seconds until stopped
-    or the actor is dead. The thread only sends; the actor's own thread does the work."""
+    or the actor is dead: the one way actors drive time (a handler never waits; it returns and the next
+    tick comes). The thread only sends; the actor's own thread does the work.
+
+    At most one tick is outstanding: the actor calls :meth:`ack` when it handles one, and ticks that
+    fall due meanwhile (a long poll, a slow flush) are not queued behind it."""
 
     def __init__(self, ref: pykka.ActorRef[Any], message: Any, interval: float, name: str) -> None:
         self._stop = threading.Event()
+        self._outstanding = threading.Event()
         self._ref, self._message, self._interval = ref, message, interval
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            if self._outstanding.is_set():
+                continue
+            self._outstanding.set()
             try:
                 self._ref.tell(self._message)
             except pykka.ActorDeadError:
                 return
 
+    def ack(self) -> None:
+        """The actor took the tick (its own thread): the next one may be sent."""
+        self._outstanding.clear()
+
     def stop(self) -> None:
         self._stop.set()
+
+
+# --- health (the HealthMonitor actor owns what /healthz answers) ---------------------------------------
+
+@dataclass(frozen=True)
+class ReadOk:
+    """A read succeeded: ``trades`` (the trades path: a wallet's trades, a feed walk, the stream's flow)
+    or ``positions``."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class PathState:
+    """A detection path's state: ``stream`` connected/down/off, ``feed`` ok/down/off."""
+
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
+class DbState:
+    """The writer's view of the database: ``ok``, ``unreachable`` or ``busy`` (with what it saw)."""
+
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """The writer's backlog (rows buffered, messages waiting in its mailbox) and the flush running now
+    (its monotonic start; None: none)."""
+
+    rows: int
+    waiting: int
+    flush_started: float | None = None
+
+
+@dataclass(frozen=True)
+class RowsRefused:
+    """The database refused ``count`` rows for their data (kept in ``rejected_items``)."""
+
+    count: int
+    message: str
+
+
+@dataclass(frozen=True)
+class FeedClock:
+    """The global feed read a row from the future (text for /healthz; empty: no longer)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """Ask the HealthMonitor for a :class:`~polycopy_actors.observe.health.HealthReport`."""
+
+
+# --- progress (the Progress actor owns the pass and the wallets per poller) -------------------------------
+
+@dataclass(frozen=True)
+class WalletCount:
+    """A poller holds ``count`` wallets now."""
+
+    poller: int
+    count: int
+
+
+@dataclass(frozen=True)
+class PassWallets:
+    """A poller's wallets of the pass (a sweep or ``--once``)."""
+
+    poller: int
+    wallets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PassSwept:
+    """A wallet of the pass is done."""
+
+    wallet: str
+
+
+@dataclass(frozen=True)
+class PassDropped:
+    """A wallet left the tier during the pass."""
+
+    wallet: str
+
+
+@dataclass(frozen=True)
+class PassFinished:
+    """A poller finished its pass."""
+
+    poller: int
+
+
+@dataclass(frozen=True)
+class PassProgress:
+    """Ask the Progress actor: (wallets done, wallets in the pass)."""
+
+
+# --- the writer, the reader, the pollers ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Flush:
+    """Ask the writer to write its buffer now; answers None once it is empty, raises
+    :class:`~polycopy_actors.db.errors.DatabaseUnavailable` when it cannot (a read that depends on
+    buffered rows asks this first)."""
+
+
+@dataclass(frozen=True)
+class GaugeTick:
+    """The DbReader's periodic export of gauges read from the database."""
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A poller's periodic re-read of the tier's wallets and renewal of their leases."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A detector asks for a read of ``wallet`` at monotonic time ``at`` because of ``reason``; the
+    PollerPool routes it to the poller that owns the wallet (the earliest ask wins)."""
+
+    wallet: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class FeedHealth:
+    """The global feed read successfully; it counts as healthy until monotonic ``until`` (0: down now).
+    The PollerPool sends it to every poller."""
+
+    until: float

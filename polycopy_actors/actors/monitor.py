@@ -14,8 +14,8 @@ from typing import Any
 import pykka
 
 from polycopy_actors.actors.base import TierApiActor
-from polycopy_actors.actors.context import TierContext
-from polycopy_actors.actors.messages import StatusTick, Ticker
+from polycopy_actors.actors.context import Refs, TierContext
+from polycopy_actors.actors.messages import StatusTick
 from polycopy_actors.api.client import ApiError, Stopped
 from polycopy_actors.observe import metrics
 
@@ -25,28 +25,18 @@ log = logging.getLogger(__name__)
 class ApiLagMonitorActor(TierApiActor):
     """See the module docstring."""
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext,
-                 limiter: pykka.ActorRef[Any]) -> None:
-        super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter)
-        self._ticker: Ticker | None = None
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext, refs: Refs) -> None:
+        super().__init__(supervisor, name=name, ctx=ctx, refs=refs)
 
-    def first_message(self) -> Any:
-        return StatusTick()
+    def tickers(self) -> list[tuple[Any, float]]:
+        return [(StatusTick(), self.ctx.settings.api.status_interval_seconds)]
 
-    def on_start(self) -> None:
-        super().on_start()
-        self._ticker = Ticker(self.actor_ref, StatusTick(), self.ctx.settings.api.status_interval_seconds,
-                              "api-lag-ticker")
+    def handlers(self) -> dict[type, Any]:
+        return {StatusTick: self._on_tick}
 
-    def on_stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.stop()
-        super().on_stop()
-
-    def receive(self, message: Any) -> Any:
-        if isinstance(message, StatusTick) and not self.ctx.stopping.is_set():
+    def _on_tick(self, message: StatusTick) -> None:
+        if not self.ctx.stopping.is_set():
             self._check()
-        return None
 
     def _check(self) -> None:
         assert self.client is not None

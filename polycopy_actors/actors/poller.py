@@ -6,20 +6,25 @@ schedule (cooldown, next-due time), one :class:`~polycopy_actors.logic.wallet_st
 :class:`PolymarketClient` (one HTTP session). Driven by ``tell(Tick)`` that it sends itself, so a
 crash reaches ``on_failure`` and the supervisor.
 
-Two schedules, one code path. While the global feed is healthy (the FeedTailer says so on the
-process's :class:`~polycopy_actors.actors.context.DemandBoard`), trades are detected by the stream and
-the feed, and a wallet is read on demand: after it traded, when a market it holds closed, while it
-holds redeemable positions, and on a slow safety-net cycle whose period follows from the budget
-(``reconcile.safety_cycle_share``). While the feed is down, every wallet is polled continuously (every
-``poll_interval_seconds``), as the only path that still detects its trades.
+Two schedules, one code path. While the global feed is healthy (the FeedTailer tells every poller
+``FeedHealth`` through the PollerPool), trades are detected by the stream and the feed, and a wallet is
+read on demand (``Demand``, routed by the PollerPool from the stream, the feed and the market watcher):
+after it traded, when a market it holds closed, while it holds redeemable positions, and on a slow
+safety-net cycle whose period follows from the budget (``reconcile.safety_cycle_share``). While the feed
+is down, every wallet is polled continuously (every ``poll_interval_seconds``), as the only path that
+still detects its trades.
 
 Each poll makes independent reads: trades since the cursor (minus an overlap), the positions
 snapshot, and, for positions missing past the grace period, the close evidence (the wallet's stored
 trades from the DbWriter, its REDEEM/MERGE activity, gamma's market state). Each kind succeeds or
 fails on its own: trades that were read are always delivered, a failing kind backs off alone, and
 reconciliation waits for the next complete snapshot. Results go to the DbWriter by ``tell``; it asks
-(with a timeout) the RateLimiter before every HTTP request and the DbWriter for its wallets, their
-leases (renewed at every refresh) and their saved state.
+(with a timeout) the RateLimiter before every HTTP request, the DbReader for its wallets, their saved
+state and the close evidence, and the DbWriter for their leases (renewed at every refresh). It tells
+the HealthMonitor which reads succeeded and the Progress actor how many wallets it holds and, in a
+pass, which are done. Time: its Ticker sends ``Tick`` every ``pollers.idle_wait_seconds``; a tick
+refreshes the wallets when due and polls the most overdue wallet, then tells itself another ``Tick``
+at once if more are due: no handler waits.
 """
 
 from __future__ import annotations
@@ -33,16 +38,24 @@ from typing import Any
 import pykka
 
 from polycopy_actors.actors.base import TierApiActor
-from polycopy_actors.actors.context import TierContext
+from polycopy_actors.actors.context import ASK_FAILURES, Refs, TierContext
 from polycopy_actors.actors.messages import (
     ASK_TIMEOUT_SECONDS,
     AcquireLeases,
+    Demand,
+    FeedHealth,
     LoadState,
+    PassDropped,
+    PassFinished,
+    PassSwept,
+    PassWallets,
     PollResult,
+    ReadOk,
     ReleaseLeases,
     Tick,
     TierWallets,
     TradeEvidence,
+    WalletCount,
 )
 from polycopy_actors.api.client import ApiError, Rejected, Stopped
 from polycopy_actors.api.models import Trade
@@ -58,8 +71,10 @@ class WalletPollerActor(TierApiActor):
     """See the module docstring."""
 
     def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, index: int, count: int, ctx: TierContext,
-                 limiter: pykka.ActorRef[Any], writer: pykka.ActorRef[Any]) -> None:
-        super().__init__(supervisor, name=name, ctx=ctx, limiter=limiter, writer=writer)
+                 refs: Refs) -> None:
+        super().__init__(supervisor, name=name, ctx=ctx, refs=refs)
+        assert refs.writer is not None and refs.reader is not None and refs.progress is not None
+        self.writer, self.reader, self.progress = refs.writer, refs.reader, refs.progress
         self.index = index
         self.count = count
         ts = ctx.tier_settings
@@ -76,6 +91,9 @@ class WalletPollerActor(TierApiActor):
         self.elsewhere: set[str] = set()
         self.next_refresh = 0.0
         self.pass_pending: set[str] | None = None
+        #: Until when (monotonic) the global feed counts as healthy (the FeedTailer's ``FeedHealth``); a tree
+        #: with a feed gives it its stale period to prove itself.
+        self.feed_until = time.monotonic() + ctx.settings.feed.stale_after_seconds if ctx.feed_expected else 0.0
         #: Reads on demand: the global feed is healthy (see the module docstring).
         self.on_demand = False
         #: Why each wallet's next read is due (``polycopy_reconciles_total{reason}``).
@@ -85,52 +103,60 @@ class WalletPollerActor(TierApiActor):
 
     # --- messages -----------------------------------------------------------------------------------
 
-    def receive(self, message: Any) -> Any:
-        if isinstance(message, Tick):
-            self._tick()
-        elif message == "wallets":
-            return sorted(self.schedule.wallets())
-        return None
+    def tickers(self) -> list[tuple[Any, float]]:
+        return [(Tick(), self.ctx.settings.pollers.idle_wait_seconds)]
 
-    def _tick(self) -> None:
+    def handlers(self) -> dict[type, Any]:
+        return {Tick: self._tick, Demand: self._demand, FeedHealth: self._feed_health}
+
+    def receive(self, message: Any) -> Any:
+        if message == "wallets":
+            return sorted(self.schedule.wallets())
+        return super().receive(message)
+
+    def _tick(self, message: Tick) -> None:
         if self.ctx.stopping.is_set():
             return
         now = time.monotonic()
         if now >= self.next_refresh:
             self._refresh(now)
-        self._take_demands(now)
+        self._follow_feed(now)
         wallet = self.schedule.pop_due(now)
-        if wallet is not None:
-            try:
-                self._poll(wallet)
-            except Stopped:
-                return
-        else:
-            due = self.schedule.next_due()
-            wait = self.ctx.settings.pollers.idle_wait_seconds
-            if due is not None:
-                wait = max(0.0, min(wait, due - now))
-            if self.ctx.stopping.wait(wait):
-                return
-        self.actor_ref.tell(Tick())
+        if wallet is None:
+            return
+        try:
+            self._poll(wallet)
+        except Stopped:
+            return
+        due = self.schedule.next_due()
+        if due is not None and due <= time.monotonic():
+            self.actor_ref.tell(Tick())  # more is due: go on at once (other messages get their turn first)
 
-    def _take_demands(self, now: float) -> None:
-        """Follow the feed's health, and bring forward the reads the detectors asked for."""
-        demands = self.ctx.demand.take(self.index)
+    def _feed_health(self, message: FeedHealth) -> None:
+        self.feed_until = message.until if message.until == 0 else max(self.feed_until, message.until)
+
+    def _follow_feed(self, now: float) -> None:
+        """Switch between reads on demand (feed healthy) and continuous polling (feed down)."""
         if self.pass_pending is not None:
             return  # a pass (sweep, --once) reads every wallet once anyway
-        on_demand = self.ctx.demand.feed_healthy(now)
+        on_demand = now < self.feed_until
         if on_demand != self.on_demand:
             self.on_demand = on_demand
             if not on_demand:  # the feed is down: every wallet is polled again, starting now
                 ts = self.ctx.tier_settings
                 for i, wallet in enumerate(self.schedule.wallets()):
                     self.schedule.sooner(wallet, now + ts.poll_interval_seconds.min * i / max(1, len(self.schedule)))
-        cooldown = self.ctx.tier_settings.wallet_cooldown_seconds
-        for wallet, (at, reason) in demands.items():
-            at = max(at, self.last_read.get(wallet, 0.0) + cooldown)
-            if self.schedule.sooner(wallet, at) or wallet not in self.reasons:
-                self.reasons[wallet] = reason
+
+    def _demand(self, message: Demand) -> None:
+        """A detector asks for a read of one of this poller's wallets (the earliest ask wins)."""
+        if self.pass_pending is not None:
+            return  # a pass reads every wallet once anyway
+        wallet = message.wallet
+        at = max(message.at, self.last_read.get(wallet, 0.0) + self.ctx.tier_settings.wallet_cooldown_seconds)
+        if self.schedule.sooner(wallet, at) or wallet not in self.reasons:
+            self.reasons[wallet] = message.reason
+        if at <= time.monotonic():
+            self.actor_ref.tell(Tick())
 
     def _safety_period(self, mine: int | None = None) -> float:
         """Every wallet of the process read once per period on ``safety_cycle_share`` of the budget (two
@@ -150,16 +176,16 @@ class WalletPollerActor(TierApiActor):
         """Re-read the tier's wallets and renew their leases. In a pass (``--once``/sweep) only the first
         read adds wallets; later reads only drop those that left the tier (a cold trader followed
         meanwhile) or whose lease another process took."""
-        tracker = self.ctx.tracker
+        one_pass = self.ctx.one_pass
         first = not self.schedule.wallets() and self.pass_pending is None
         ts = self.ctx.tier_settings
         self.next_refresh = now + ts.refresh_interval_seconds
         polled_before = self.ctx.polled_before if first else None
         current = set(self.schedule.wallets())
         try:
-            wallets = [w for w in self.writer.ask(TierWallets(self.ctx.tier, polled_before),
+            wallets = [w for w in self.reader.ask(TierWallets(self.ctx.tier, polled_before),
                                                   timeout=ASK_TIMEOUT_SECONDS) if self._mine(w)]
-            wanted = wallets if tracker is None or first else [w for w in wallets if w in current]
+            wanted = wallets if not one_pass or first else [w for w in wallets if w in current]
             held: set[str] = set()
             others: dict[str, tuple[str, datetime]] = {}
             if wanted:
@@ -167,10 +193,10 @@ class WalletPollerActor(TierApiActor):
                                                timeout=ASK_TIMEOUT_SECONDS)
             added = [w for w in wanted if w in held and w not in current]
             if added:
-                stored = self.writer.ask(LoadState(tuple(added)),
-                                         timeout=ASK_TIMEOUT_SECONDS)
-        except (pykka.Timeout, pykka.ActorDeadError, Exception) as exc:  # noqa: BLE001 - DB down: retry later
-            log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier, exc)
+                stored = self.reader.ask(LoadState(tuple(added)), timeout=ASK_TIMEOUT_SECONDS)
+        except ASK_FAILURES as exc:
+            log.warning("%s: could not read the %s tier's wallets (%s); retrying", self.child_name, self.ctx.tier,
+                        exc or type(exc).__name__)
             self.next_refresh = now + min(5.0, ts.refresh_interval_seconds)
             return
         self.lease_until = now + ts.lease_ttl_seconds
@@ -188,16 +214,22 @@ class WalletPollerActor(TierApiActor):
             self.states.pop(wallet, None)
             self.reasons.pop(wallet, None)
             self.last_read.pop(wallet, None)
-            if tracker is not None and self.pass_pending is not None and wallet in self.pass_pending:
+            if self.pass_pending is not None and wallet in self.pass_pending:
                 self.pass_pending.discard(wallet)
-                tracker.drop(wallet)
+                self.progress.tell(PassDropped(wallet))
         # Reads on demand (the feed detects trades): a wallet read before joins the safety-net cycle at a
         # random point of it; only a wallet never read is due now (its backfill).
         period = self._safety_period(len(current) + len(added)) if (
-            self.pass_pending is None and tracker is None and self.ctx.demand.feed_healthy(now)) else None
+            self.pass_pending is None and not one_pass and now < self.feed_until) else None
         for i, wallet in enumerate(added):
-            self.states[wallet] = WalletState.from_stored(wallet, stored[wallet])
-            if period is not None and stored[wallet]["last_success_at"] is not None:
+            self.states[wallet] = WalletState.from_stored(wallet, stored[wallet], datetime.now(UTC),
+                                                          self.ctx.settings.api.max_future_skew_seconds)
+            untrusted = stored[wallet]["last_trade_at"] is not None and self.states[wallet].watermark is None
+            if untrusted:
+                log.warning("%s: wallet %s's stored watermark %s is in the future: not trusted; its history is "
+                            "read again", self.child_name, wallet,
+                            stored[wallet]["last_trade_at"].isoformat(timespec="seconds"))
+            if period is not None and stored[wallet]["last_success_at"] is not None and not untrusted:
                 self.reasons[wallet] = "cycle"
                 self.schedule.add(wallet, now + self.rng.uniform(0, period))
                 continue
@@ -206,15 +238,15 @@ class WalletPollerActor(TierApiActor):
             self.schedule.add(wallet, now + 1e-6 * i)
         if added or removed:
             log.info("%s: %d wallets (+%d, -%d)", self.child_name, len(self.schedule), len(added), len(removed))
-        metrics.WALLETS.labels(self.ctx.tier).set(self.ctx.wallet_counts.set(self.index, len(self.schedule)))
-        if tracker is not None and first:
+        self.progress.tell(WalletCount(self.index, len(self.schedule)))
+        if one_pass and first:
             self.pass_pending = set(added)
-            tracker.add(added)
+            self.progress.tell(PassWallets(self.index, tuple(added)))
         self._check_pass()
 
     def _check_pass(self) -> None:
-        if self.pass_pending is not None and not self.pass_pending and self.ctx.tracker is not None:
-            self.ctx.tracker.finished(self.index)
+        if self.pass_pending is not None and not self.pass_pending:
+            self.progress.tell(PassFinished(self.index))
 
     # --- one poll -----------------------------------------------------------------------------------------
 
@@ -265,7 +297,8 @@ class WalletPollerActor(TierApiActor):
                 trades = sorted(merged.values(), key=lambda t: t.timestamp)
             except ApiError as exc:
                 failures.append(f"trades: {exc.kind}: {exc}")
-        watermark = st.trades_read(trades, hold) if trades_ok else None
+        skew = api.max_future_skew_seconds
+        watermark = st.trades_read(trades, hold, datetime.now(UTC), skew) if trades_ok else None
         closes: list[Close] = []
         if vanished:
             # The close evidence is read from the database: the trades go first (the writer flushes
@@ -286,10 +319,11 @@ class WalletPollerActor(TierApiActor):
                                     watermark=watermark, upserts=tuple(upserts), closes=tuple(closes),
                                     rejected=tuple(rejected)))
         metrics.WALLET_POLLS.labels(tier, "error" if failures else "ok").inc()
-        if trades_ok or diff is not None:
+        if trades_ok:  # trades land: what /healthz and the no-read alert watch
             metrics.LAST_POLL_SUCCESS.labels(tier).set(time.time())
-            self.ctx.health.poll_succeeded()
-        self.ctx.stats.add(polls=1, closes=len(closes), errors=1 if failures else 0)
+            self.refs.health.tell(ReadOk("trades"))
+        if diff is not None:
+            self.refs.health.tell(ReadOk("positions"))
         if diff is not None:
             for kind, n in (("opened", len(diff.opened)), ("changed", len(diff.changed)), ("closed", len(closes))):
                 if n:
@@ -318,8 +352,7 @@ class WalletPollerActor(TierApiActor):
         recheck = st.recheck_at(self.ctx.settings.reconcile.close_grace_seconds) if positions_ok else None
         if reads_done and (recheck is None or st.pass_rechecks > limit + 1):
             self.pass_pending.discard(wallet)
-            if self.ctx.tracker is not None:
-                self.ctx.tracker.swept(wallet)
+            self.progress.tell(PassSwept(wallet))
             self.schedule.park(wallet)
             self._check_pass()
             return
@@ -355,9 +388,9 @@ class WalletPollerActor(TierApiActor):
         margin = self.ctx.settings.reconcile.evidence_margin_seconds
         windows = {h.position.asset: h.trades_since(margin) for h in vanished}
         try:
-            flows = self.writer.ask(TradeEvidence(st.wallet, tuple(windows.items())), timeout=ASK_TIMEOUT_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - the database is down: decide later
-            return [], f"close evidence: the database did not answer ({exc})", []
+            flows = self.reader.ask(TradeEvidence(st.wallet, tuple(windows.items())), timeout=ASK_TIMEOUT_SECONDS)
+        except ASK_FAILURES as exc:
+            return [], f"close evidence: the database did not answer ({exc or type(exc).__name__})", []
         start = int(min(h.evidence_since(margin) for h in vanished).timestamp())
         try:
             read = self.client.closing_activity_since(st.wallet, start)

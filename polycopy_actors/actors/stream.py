@@ -10,7 +10,9 @@ swap, read without a lock).
 The reader thread keeps only the frames of those wallets (lowercased: the stream spells them in
 mixed case), gives each its trade id, and sends it to the writer's fast lane at once (source
 ``stream``, unconfirmed until a REST read shows it; a stream row never moves a REST cursor), then
-asks for a read of the wallet (reason ``trade``). No frame for ``stream.silence_seconds`` means the
+asks for a read of the wallet (``Demand`` reason ``trade``, through the PollerPool). It tells the
+HealthMonitor the stream's state and, at most once a second while trades flow, that the trades path
+works. No frame for ``stream.silence_seconds`` means the
 connection is dead (the live stream goes silent while open): it is closed and opened again after a
 back-off of ``reconnect_min_seconds`` doubling to ``reconnect_max_seconds``; a connection is also
 replaced every ``reconnect_every_seconds``. If the reader thread itself dies, the actor fails and
@@ -28,8 +30,16 @@ from typing import Any
 
 import pykka
 
-from polycopy_actors.actors.context import TierContext, shard_wallets
-from polycopy_actors.actors.messages import DetectedTrades, ReaderFailed, Ticker, WalletsOf
+from polycopy_actors.actors.context import ASK_FAILURES, Refs, TierContext, shard_wallets
+from polycopy_actors.actors.messages import (
+    Demand,
+    DetectedTrades,
+    PathState,
+    ReaderFailed,
+    ReadOk,
+    Ticker,
+    WalletsOf,
+)
 from polycopy_actors.actors.supervisor import SupervisedMixin
 from polycopy_actors.api.models import MalformedItem, RawFill, Trade, with_id
 from polycopy_actors.api.rtds import RtdsConnection, StreamError, parse_frame
@@ -67,13 +77,15 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext,
-                 writer: pykka.ActorRef[Any]) -> None:
+    def __init__(self, supervisor: pykka.ActorRef[Any], *, name: str, ctx: TierContext, refs: Refs) -> None:
         super().__init__()
         self.supervisor = supervisor
         self.child_name = name
         self.ctx = ctx
-        self.writer = writer
+        assert refs.writer is not None and refs.reader is not None and refs.pool is not None
+        self.writer, self.reader, self.pool, self.health = refs.writer, refs.reader, refs.pool, refs.health
+        #: When the reader thread last told the HealthMonitor that trades flow (monotonic).
+        self._told_flow = 0.0
         self.wallets: frozenset[str] | None = None
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,6 +110,8 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
 
     def receive(self, message: Any) -> Any:
         if isinstance(message, WalletsOf):
+            if self._ticker is not None:
+                self._ticker.ack()
             self._refresh()
         elif isinstance(message, ReaderFailed):
             raise RuntimeError(f"stream reader thread failed: {message.error}")
@@ -105,10 +119,10 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
 
     def _refresh(self) -> None:
         try:
-            self.wallets = shard_wallets(self.ctx, self.writer)
-        except Exception as exc:  # noqa: BLE001 - the database is down: keep the last set
-            log.warning("stream: could not re-read the %s tier's wallets (%s); keeping %s", self.ctx.tier, exc,
-                        "the last set" if self.wallets is not None else "none yet")
+            self.wallets = shard_wallets(self.ctx, self.reader)
+        except ASK_FAILURES as exc:  # the database is down: keep the last set
+            log.warning("stream: could not re-read the %s tier's wallets (%s); keeping %s", self.ctx.tier,
+                        exc or type(exc).__name__, "the last set" if self.wallets is not None else "none yet")
 
     # --- the reader thread --------------------------------------------------------------------------------
 
@@ -147,7 +161,7 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
             metrics.STREAM_CONNECTED.set(0)
             if self._stopping():
                 return
-            self.ctx.health.set_path("stream", "down")
+            self.health.tell(PathState("stream", "down"))
             failures = 0 if flowed and time.monotonic() - connected_at > 60 else failures + 1
             delay = min(cfg.reconnect_max_seconds, cfg.reconnect_min_seconds * 2 ** max(0, failures - 1))
             delay *= 0.75 + rng.random() / 2
@@ -192,10 +206,13 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
             if fill is None:
                 continue  # PONG, server messages: not a sign the data flows
             last_frame = time.monotonic()
+            if last_frame - self._told_flow >= 1.0:  # trades land through the stream
+                self._told_flow = last_frame
+                self.health.tell(ReadOk("trades"))
             if not announced:
                 announced = True
                 metrics.STREAM_CONNECTED.set(1)
-                self.ctx.health.set_path("stream", "connected")
+                self.health.tell(PathState("stream", "connected"))
                 log.info("stream connected: trades of %d wallets arrive about 2 s after the match",
                          len(self.wallets or ()))
             self._keep(fill, occurrences)
@@ -209,5 +226,5 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
         metrics.STREAM_MESSAGES.labels("kept").inc()
         trade = occurrences.trade(fill)  # the identity key holds the wallet: others' fills never count
         self.writer.tell(DetectedTrades(self.ctx.tier, "stream", (trade,)))
-        self.ctx.demand.post(fill.wallet, "trade",
-                             time.monotonic() + self.ctx.settings.reconcile.after_trade_delay_seconds)
+        self.pool.tell(Demand(fill.wallet, "trade",
+                              time.monotonic() + self.ctx.settings.reconcile.after_trade_delay_seconds))

@@ -42,6 +42,8 @@ class SupervisedMixin:
     supervisor: pykka.ActorRef[Any]
     child_name: str
     actor_ref: pykka.ActorRef[Any]
+    #: The handler of each message type, set by the actor (this empty default is never written).
+    _handlers: dict[type, Callable[[Any], Any]] = {}  # noqa: RUF012 - read-only default
 
     def on_receive(self, message: Any) -> Any:
         """pykka's hook (the actor's thread): the fault-injection ``Crash`` raises here, for every
@@ -51,8 +53,10 @@ class SupervisedMixin:
         return self.receive(message)
 
     def receive(self, message: Any) -> Any:
-        """The actor's own messages (its thread); an exception from a ``tell`` reaches ``on_failure``."""
-        raise NotImplementedError
+        """The actor's own messages (its thread): the handler of the message's type in ``_handlers`` (what
+        has none is ignored); an exception from a ``tell`` reaches ``on_failure``."""
+        handler = self._handlers.get(type(message))
+        return handler(message) if handler is not None else None
 
     def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
@@ -97,8 +101,13 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
         liveness_interval_seconds: float,
         supervisor: pykka.ActorRef[Any] | None = None,
         on_give_up: Callable[[str], None] | None = None,
+        route: Callable[[Any], list[str]] | None = None,
     ) -> None:
+        """``route``: for a supervisor that also forwards work to its children (the PollerPool), the
+        names of the children a message that is not the supervisor's own goes to (to the child running
+        now: a restarted child gets what arrives after its restart)."""
         super().__init__()
+        self.route = route
         if strategy not in ("one_for_one", "rest_for_one"):
             raise ValueError(f"unknown strategy {strategy}")
         self.child_name = name
@@ -160,6 +169,14 @@ class Supervisor(SupervisedMixin, pykka.ThreadingActor):
                     break
         elif message == "children":
             return dict(self.children)
+        elif self.route is not None:
+            for name in self.route(message):
+                ref = self.children.get(name)
+                if ref is not None:
+                    try:
+                        ref.tell(message)
+                    except pykka.ActorDeadError:
+                        pass  # restarting: the new instance reads its wallets afresh
         return None
 
     def _restart(self, name: str, error: str) -> None:

@@ -22,7 +22,8 @@ from polycopy_actors.db.connect import Database, connect, describe_dsn, open_dat
 from polycopy_actors.db.migrate import prepare_schema
 from polycopy_actors.exitcodes import RET_CONFIG, ExitError
 from polycopy_actors.logic.bucket import TokenBucket
-from polycopy_actors.observe import HealthState, MetricsServer, metrics
+from polycopy_actors.observe import MetricsServer, metrics
+from polycopy_actors.observe.health import HealthReport
 from polycopy_actors.simulator import SimConfig, Simulator, World
 
 log = logging.getLogger("polycopy_actors")
@@ -60,13 +61,44 @@ def _start_demo(settings: Settings) -> tuple[Settings, Any]:
     return dataclasses.replace(settings, api=api, stream=stream), sim
 
 
-def _in_process(settings: Settings, tier: str, dsn: str, health: HealthState) -> PassRunner:
+class ProcessHealth:
+    """What ``/healthz`` answers for the process that serves it: the actor system running now (asked of
+    its HealthMonitor), or, in a sharded parent, whether every shard runs and reports healthy. The main
+    thread sets ``system``/``running``; the HTTP thread reads them (one reference each: no lock needed)."""
+
+    def __init__(self, shards: ShardSet | None = None) -> None:
+        self.shards = shards
+        self.running = False
+        #: The actor system of this process now (None: a sharded parent, or a cold tier between sweeps).
+        self.system: ActorSystem | None = None
+
+    def report(self) -> HealthReport:
+        if not self.running:
+            return HealthReport(False, "supervisor not running")
+        if self.shards is not None:
+            alive, wanted = self.shards.alive()
+            if self.shards.procs and alive < wanted:
+                return HealthReport(False, f"{wanted - alive} of {wanted} shards down")
+            if self.shards.procs and metrics.shards_healthy() is False:
+                return HealthReport(False, "a shard is unhealthy (see its log lines)")
+            return HealthReport(True, "ok")
+        system = self.system
+        if system is None:
+            return HealthReport(True, "ok", {"tier": "between two sweeps"})
+        return system.check()
+
+
+def _in_process(settings: Settings, tier: str, dsn: str, health: ProcessHealth) -> PassRunner:
     """The actor system in this process (``processes: 1``)."""
 
     def run(stop: threading.Event, once: bool, polled_before: datetime | None,
             keep_going: Callable[[], bool] | None) -> int:
-        system = ActorSystem(settings, tier, dsn, health=health, once=once, polled_before=polled_before)
-        return system.run(stop, keep_going)
+        system = ActorSystem(settings, tier, dsn, once=once, polled_before=polled_before)
+        health.system = system
+        try:
+            return system.run(stop, keep_going)
+        finally:
+            health.system = None
 
     return run
 
@@ -91,25 +123,6 @@ def _discovery(settings: Settings, tier: str, dsn: str) -> Callable[[], None] | 
     return discover
 
 
-def _health_check(health: HealthState, shards: ShardSet | None) -> Callable[[], tuple[bool, str]]:
-    if shards is None:
-        return health.check
-
-    def check() -> tuple[bool, str]:
-        ok, reason = health.check()
-        if not ok:
-            return ok, reason
-        if shards.procs:
-            alive, wanted = shards.alive()
-            if alive < wanted:
-                return False, f"{wanted - alive} of {wanted} shards down"
-            if metrics.shards_healthy() is False:
-                return False, "a shard is unhealthy (see its log lines)"
-        return True, "ok"
-
-    return check
-
-
 def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
     """``python -m polycopy_actors --tier T``: returns the exit code. With ``processes > 1`` the
     caller has prepared the multiprocess metrics directory first (see :mod:`polycopy_actors.app.shards`)."""
@@ -121,7 +134,7 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
         settings, sim = _start_demo(settings)
     db: Database = open_database(settings)
     metrics_server = None
-    health = HealthState(settings.tier(tier).health_window_seconds, settings.writer.backlog_alarm_rows)
+    health = ProcessHealth()
     try:
         wait_reachable(db.dsn, settings)
         prepare_schema(db, settings)
@@ -144,17 +157,15 @@ def run_tier_command(settings: Settings, tier: str, once: bool = False) -> int:
             runs_stream(settings, tier, once),
             ts.rate_limit.requests_per_second, ts.health_window_seconds, ts.sweep_interval_seconds)
         shards = ShardSet(settings, tier, db.dsn) if settings.processes > 1 else None
+        health.shards = shards
         runner: PassRunner = shards if shards is not None else _in_process(settings, tier, db.dsn, health)
         if settings.metrics.port:
             try:
-                metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port,
-                                               _health_check(health, shards), health.paths).start()
+                metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port, health.report).start()
             except OSError as exc:
                 raise ExitError(RET_CONFIG, f"metrics.port {settings.metrics.port}: cannot listen ({exc.strerror})"
                                 ) from None
         health.running = True
-        if shards is not None:
-            health.polling_stopped()  # the shards poll; the parent only watches them
         if ts.schedule in ("sweep", "events"):
             loop = SweepLoop(settings, tier, db.dsn, runner, once, discover=_discovery(settings, tier, db.dsn))
             return loop.run(stop)

@@ -33,7 +33,7 @@ from polycopy_actors.app.logs import setup_logging
 from polycopy_actors.app.multiproc import MULTIPROC_ENV
 from polycopy_actors.config import Settings
 from polycopy_actors.exitcodes import RET_CONFIG, RET_DATABASE, RET_GAVE_UP, RET_OK
-from polycopy_actors.observe import HealthState, metrics
+from polycopy_actors.observe import metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ def _shard_main(settings: Settings, tier: str, dsn: str, index: int, count: int,
     # The parent forwards SIGTERM; a terminal's Ctrl-C reaches the whole group, so SIGINT is left to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    health = HealthState(settings.tier(tier).health_window_seconds, settings.writer.backlog_alarm_rows)
-    system = ActorSystem(settings, tier, dsn, health=health, once=once, shard_index=index, shard_count=count,
+    system = ActorSystem(settings, tier, dsn, once=once, shard_index=index, shard_count=count,
                          polled_before=polled_before)
     code = system.run(stop)
     logging.shutdown()

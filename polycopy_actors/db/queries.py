@@ -15,6 +15,16 @@ from polycopy_actors.api.wallets import normalize_wallets
 Conn = psycopg.Connection[Any]
 
 
+# --- every transaction of the workers ------------------------------------------------------------
+
+def set_timeouts(conn: Conn, lock_timeout_seconds: float, statement_timeout_seconds: float) -> None:
+    """Bound this transaction's waits (``SET LOCAL``: it works through Supabase's transaction pooler,
+    where a session setting would leak to other clients or be lost): a table locked by someone else, or
+    a statement that never ends, fails it instead of stalling the writer."""
+    conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                 (f"{round(lock_timeout_seconds * 1000)}ms", f"{round(statement_timeout_seconds * 1000)}ms"))
+
+
 # --- follows / traders (CLI) -------------------------------------------------------------------
 
 def follow(conn: Conn, wallets: list[str], follower_id: str) -> int:

@@ -1,15 +1,19 @@
 """The writer's batch (pure buffer) and its one-transaction write.
 
 :class:`WriteBuffer` holds pending rows keyed by conflict key (last write wins); :func:`write_batch`
-writes a whole buffer with one ``unnest`` statement per table inside the caller's transaction. Owned
+writes a whole buffer with one ``unnest`` statement per table inside the caller's transaction. When
+PostgreSQL (or the driver, before sending) refuses the *data* of a batch, :func:`write_isolating` finds
+the refused rows by halving the batch under savepoints, writes every other row, and records the refused
+ones in ``rejected_items`` with the database's own message: one bad row never blocks the others. Owned
 by the DbWriter actor (and the writer benchmark).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +21,7 @@ import psycopg
 
 from polycopy_actors.api.models import Trade
 from polycopy_actors.api.transport import Rejected
+from polycopy_actors.db.errors import DATA_ERRORS
 from polycopy_actors.logic.poll_result import DetectedTrades, PollResult
 from polycopy_actors.logic.reconcile import Close, Held
 
@@ -97,6 +102,46 @@ class WriteBuffer:
             self.states[r.wallet] = old
         return old
 
+    # --- halving (a batch the database refused) ------------------------------------------------------
+
+    def parts(self) -> list[tuple[str, Any]]:
+        """Every row of the buffer as (table, key), in a stable order."""
+        return ([("trades_public", k) for k in self.trades] + [("feed_cursors", k) for k in self.feed_cursors]
+                + [("positions_closed", k) for k in self.closes] + [("positions_current", k) for k in self.positions]
+                + [("rejected_items", k) for k in self.rejected] + [("wallet_poll_state", k) for k in self.states])
+
+    def subset(self, parts: list[tuple[str, Any]]) -> WriteBuffer:
+        """A buffer holding only these rows (the same objects)."""
+        out = WriteBuffer()
+        fields = {"trades_public": "trades", "feed_cursors": "feed_cursors", "positions_closed": "closes",
+                  "positions_current": "positions", "rejected_items": "rejected", "wallet_poll_state": "states"}
+        for table, key in parts:
+            name = fields[table]
+            getattr(out, name)[key] = getattr(self, name)[key]
+        return out
+
+    def describe(self, table: str, key: Any) -> tuple[str, str]:
+        """(wallet, JSON text) of one row, for ``rejected_items`` (ASCII: the text is always storable)."""
+        row: Any
+        if table == "trades_public":
+            trade, tier, source = self.trades[key]
+            wallet, row = trade.wallet, {**asdict(trade), "tier": tier, "source": source}
+        elif table == "feed_cursors":
+            wallet, row = "-", {"name": key, "block_time": self.feed_cursors[key]}
+        elif table == "positions_closed":
+            close = self.closes[key]
+            wallet, row = key[0], {"position": asdict(close.held.position), "reason": close.reason,
+                                   "opened_at": close.held.opened_at, "closed_at": close.closed_at}
+        elif table == "positions_current":
+            held = self.positions[key]
+            wallet, row = key[0], {"position": asdict(held.position), "opened_at": held.opened_at}
+        elif table == "rejected_items":
+            item = self.rejected[key][0]
+            wallet, row = item.wallet, asdict(item)
+        else:
+            wallet, row = key, asdict(self.states[key])
+        return wallet, json.dumps(row, default=str, sort_keys=True)[:10_000]
+
 
 # Parameters travel in binary (%b): parsing 13 text arrays of a big batch costs more than the upsert.
 # A REST row (global feed, wallet read) is the record: it confirms a stream row and its values win,
@@ -140,9 +185,13 @@ FROM unnest(%b::text[], %b::text[], %b::int[]) AS g(wallet, asset, outcome_index
 WHERE t.wallet = g.wallet AND t.asset = g.asset AND t.outcome_index IS NULL AND g.outcome_index IS NOT NULL
 """
 
+# A stored position ahead of the clock (a future-dated row moved it there before cursors were bounded)
+# yields to the new one: a cursor never stays in the future.
 _FEED_CURSOR_SQL = """
 INSERT INTO feed_cursors AS f (name, block_time) SELECT * FROM unnest(%b::text[], %b::timestamptz[])
-ON CONFLICT (name) DO UPDATE SET block_time = greatest(f.block_time, excluded.block_time), updated_at = now()
+ON CONFLICT (name) DO UPDATE SET updated_at = now(),
+    block_time = CASE WHEN f.block_time > now() + interval '1 hour' THEN excluded.block_time
+                      ELSE greatest(f.block_time, excluded.block_time) END
 """
 
 # Fencing: positions and closes of a wallet whose lease another owner holds are not written
@@ -203,7 +252,9 @@ SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[
 ON CONFLICT (wallet) DO UPDATE SET
     last_polled_at = greatest(s.last_polled_at, excluded.last_polled_at),
     last_success_at = coalesce(greatest(s.last_success_at, excluded.last_success_at), s.last_success_at),
-    last_trade_at = coalesce(greatest(s.last_trade_at, excluded.last_trade_at), s.last_trade_at),
+    -- A stored watermark ahead of the clock (see _FEED_CURSOR_SQL) yields to the new one.
+    last_trade_at = CASE WHEN s.last_trade_at > now() + interval '1 hour' THEN excluded.last_trade_at
+                         ELSE coalesce(greatest(s.last_trade_at, excluded.last_trade_at), s.last_trade_at) END,
     -- A batch with a success carries the failures after its last success; without one, more failures.
     consecutive_errors = CASE WHEN excluded.last_success_at IS NOT NULL THEN excluded.consecutive_errors
                               ELSE s.consecutive_errors + excluded.consecutive_errors END,
@@ -216,7 +267,7 @@ ON CONFLICT (wallet) DO UPDATE SET
 def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = "") -> dict[str, Any]:
     """Write a whole buffer inside the caller's transaction; returns what was written. ``owner``: this
     process's lease owner (rows of wallets another owner leases are fenced off)."""
-    written: dict[str, Any] = {"trades": {}, "new_trades": 0, "closed": {}, "lags": [], "detected": [], "fenced": 0}
+    written = _empty_written()
     now = time.time()
     with conn.cursor() as cur:
         if buf.trades:
@@ -284,3 +335,55 @@ def write_batch(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = ""
                 [s.watermark for s in st], [s.new_errors for s in st], [s.last_error for s in st],
             ))
     return written
+
+
+def data_error_message(exc: Exception) -> str:
+    """The first line of a data error, as text any column stores (surrogates escaped), at most 500 chars."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:500]
+
+
+def _merge_written(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {"trades": dict(a["trades"]), "new_trades": a["new_trades"] + b["new_trades"], "closed": dict(a["closed"]),
+           "lags": a["lags"] + b["lags"], "detected": a["detected"] + b["detected"],
+           "fenced": a["fenced"] + b["fenced"]}
+    for name in ("trades", "closed"):
+        for k, n in b[name].items():
+            out[name][k] = out[name].get(k, 0) + n
+    return out
+
+
+def _empty_written() -> dict[str, Any]:
+    return {"trades": {}, "new_trades": 0, "closed": {}, "lags": [], "detected": [], "fenced": 0}
+
+
+def write_isolating(conn: psycopg.Connection[Any], buf: WriteBuffer, owner: str = "",
+                    ) -> tuple[dict[str, Any], list[Rejected]]:
+    """Write ``buf`` inside the caller's transaction, row groups under savepoints: a group the database
+    refuses for its data is halved until the refused rows are alone; every other row is written. The
+    refused rows go to ``rejected_items`` (route ``db:<table>``, the database's message as the reason)
+    in the same transaction, and are returned. Errors that are not data errors propagate."""
+    refused: list[Rejected] = []
+
+    def attempt(parts: list[tuple[str, Any]]) -> dict[str, Any]:
+        sub = buf.subset(parts)
+        try:
+            with conn.transaction():  # a savepoint
+                return write_batch(conn, sub, owner)
+        except DATA_ERRORS as exc:
+            if len(parts) == 1:
+                table, key = parts[0]
+                wallet, raw = buf.describe(table, key)
+                item_key = hashlib.sha256(raw.encode()).hexdigest()[:32]
+                refused.append(Rejected(f"db:{table}", wallet, item_key, raw, data_error_message(exc)))
+                return _empty_written()
+            half = len(parts) // 2
+            return _merge_written(attempt(parts[:half]), attempt(parts[half:]))
+
+    written = attempt(buf.parts()) if len(buf) else _empty_written()
+    if refused:
+        record = WriteBuffer()
+        for item in refused:
+            record.rejected[(item.wallet, item.route, item.key)] = (item, 1)
+        write_batch(conn, record, owner)
+    return written, refused

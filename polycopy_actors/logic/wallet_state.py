@@ -60,8 +60,11 @@ class WalletState:
     pass_rechecks: int = 0
 
     @classmethod
-    def from_stored(cls, wallet: str, stored: dict[str, Any]) -> WalletState:
-        """From what ``store.load_wallet_state`` returned for the wallet."""
+    def from_stored(cls, wallet: str, stored: dict[str, Any], now: datetime | None = None,
+                    skew_seconds: float = 0.0) -> WalletState:
+        """From what ``queries.load_wallet_state`` returned for the wallet. A stored watermark ahead of
+        ``now`` (plus the allowed skew) was moved there by a future-dated row: it is not trusted, and the
+        wallet's history is read again (re-reading is harmless: every write is idempotent)."""
         positions = {
             asset: Held(Position(wallet, asset, p["condition_id"], p["size"], p["avg_price"], p["cur_price"],
                                  p["outcome"], p["outcome_index"], p["title"], p["redeemable"], p["last_event_at"],
@@ -69,7 +72,10 @@ class WalletState:
                         p["opened_at"], p["last_seen_at"], p["missing_since"])
             for asset, p in stored["positions"].items()
         }
-        return cls(wallet, stored["last_trade_at"], positions, dict(stored["rejected"]))
+        watermark = stored["last_trade_at"]
+        if watermark is not None and now is not None and watermark > now + timedelta(seconds=skew_seconds):
+            watermark = None
+        return cls(wallet, watermark, positions, dict(stored["rejected"]))
 
     # --- trades -----------------------------------------------------------------------------------
 
@@ -88,9 +94,15 @@ class WalletState:
         served malformed ``hold_reads`` times: then it is passed over (it stays in ``rejected_items``)."""
         return any(self.rejected_reads.get(r.key, 0) < hold_reads for r in rejected)
 
-    def trades_read(self, trades: list[Trade], hold_cursor: bool) -> datetime | None:
-        """Record a successful trades read; returns the cursor to store (None: keep the stored one)."""
+    def trades_read(self, trades: list[Trade], hold_cursor: bool, now: datetime | None = None,
+                    skew_seconds: float = 0.0) -> datetime | None:
+        """Record a successful trades read; returns the cursor to store (None: keep the stored one). A trade
+        dated further than ``skew_seconds`` ahead of ``now`` is kept by the caller but never moves the
+        cursor (a future-dated row would otherwise hide every later trade of the wallet)."""
         self.trade_errors = 0
+        if now is not None:
+            limit = (now + timedelta(seconds=skew_seconds)).timestamp()
+            trades = [t for t in trades if t.timestamp <= limit]
         if hold_cursor or not trades:
             return None
         mark = datetime.fromtimestamp(max(t.timestamp for t in trades), UTC)

@@ -3,6 +3,6 @@
 from polycopy_actors._exports import lazy
 
 __all__, __getattr__ = lazy(__name__, {
-    "health": ["HealthState"],
+    "health": ["HealthReport", "HealthState"],
     "http": ["MetricsServer"],
 })

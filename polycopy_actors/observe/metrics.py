@@ -48,6 +48,10 @@ RATE_THROTTLES = Counter("polycopy_rate_limiter_throttles_total", "429 answers t
 COLD_SWEEP_DURATION = Histogram("polycopy_cold_sweep_duration_seconds", "Cold sweep duration",
                                 buckets=(10, 30, 60, 300, 600, 1200, 1800, 3600, 7200))
 WRITER_QUEUE = Gauge("polycopy_writer_queue_rows", "Rows buffered in the writer", multiprocess_mode="livesum")
+WRITER_WAITING = Gauge("polycopy_writer_mailbox_messages",
+                       "Messages waiting in the writer's mailbox (each carries rows)", multiprocess_mode="livesum")
+DB_ROWS_REFUSED = Counter("polycopy_db_rows_refused_total",
+                          "Rows the database refused for their data (isolated into rejected_items)", ["table"])
 LAST_POLL_SUCCESS = Gauge("polycopy_last_successful_poll_timestamp_seconds",
                           "Time of the tier's last successful read: a wallet poll or a global feed walk "
                           "(the process start until the first)",
@@ -68,6 +72,11 @@ STREAM_UNCONFIRMED = Gauge("polycopy_stream_unconfirmed_rows",
                            multiprocess_mode="max")
 FEED_LAG = Gauge("polycopy_feed_lag_seconds", "now - block time of the newest row the global feed tail has read",
                  multiprocess_mode="max")
+FEED_FUTURE_ROWS = Counter("polycopy_feed_future_rows_total",
+                           "Global feed rows dated ahead of this clock (kept; they move no cursor)")
+FEED_GAPS = Counter("polycopy_feed_gaps_total",
+                    "Global feed walks that reached feed.max_pages_per_walk before the cursor (the wallets' reads "
+                    "cover the gap)")
 RECONCILES = Counter("polycopy_reconciles_total", "Wallet reads on demand, by what asked for them", ["reason"])
 DETECT_LAG = Histogram("polycopy_trade_detect_lag_seconds", "now - trade time when a fill is first stored",
                        ["source"], buckets=_LAG)
@@ -89,6 +98,24 @@ SWEEP_LAST_COMPLETED = Gauge("polycopy_cold_sweep_last_completed_timestamp_secon
                              multiprocess_mode="max")
 SWEEP_WALLETS = Gauge("polycopy_cold_sweep_wallets", "The running pass: wallets polled and wallets in it",
                       ["state"], multiprocess_mode="livesum")
+
+
+def _total(metric: Counter | Histogram, suffix: str, **labels: str) -> float:
+    """Sum of this process's samples of ``metric`` ending in ``suffix`` whose labels match."""
+    total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith(suffix) and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def run_totals(tier: str) -> tuple[int, int, int, int, int]:
+    """(polls, new trades, closes, failed polls, API requests) this process has counted so far: the run's
+    summary lines are differences of these (the counters are the one record of them)."""
+    return (int(_total(WALLET_POLLS, "_total", tier=tier)), int(_total(DETECT_LAG, "_count")),
+            int(_total(POSITIONS_CLOSED, "_total")), int(_total(WALLET_POLLS, "_total", tier=tier, result="error")),
+            int(_total(API_REQUESTS, "_total")))
 
 
 def shards_healthy() -> bool | None:
@@ -125,7 +152,8 @@ def _initialise_label_sets() -> None:
         POSITIONS_CLOSED.labels(reason)
     for result in ("ok", "error"):
         DB_FLUSHES.labels(result)
-    for actor in ("limiter", "writer", "pool", "poller", "monitor", "shard", "stream", "feed", "markets"):
+    for actor in ("health", "progress", "limiter", "writer", "reader", "pool", "poller", "monitor", "shard", "stream",
+                  "feed", "markets"):
         ACTOR_RESTARTS.labels(actor)
     for result in ("kept", "other_wallet", "malformed"):
         STREAM_MESSAGES.labels(result)
@@ -135,6 +163,9 @@ def _initialise_label_sets() -> None:
         DETECT_LAG.labels(source)
     for state in ("polled", "total"):
         SWEEP_WALLETS.labels(state)
+    for table in ("trades_public", "positions_current", "positions_closed", "wallet_poll_state", "feed_cursors",
+                  "rejected_items"):
+        DB_ROWS_REFUSED.labels(table)
 
 
 def describe_process(tier: str, env: str, schedule: str, stream: bool, requests_per_second: float,
