@@ -58,7 +58,7 @@ class TierApiActor(SupervisedMixin, pykka.ThreadingActor):
         for message, interval in self.tickers():
             self._tickers[type(message)] = Ticker(self.actor_ref, message, interval,
                                                   f"{self.child_name}-{type(message).__name__.lower()}")
-            self.actor_ref.tell(message)
+            self.actor_ref.tell(type(message)())  # the first one at once (not the ticker's own object)
 
     def on_stop(self) -> None:
         for ticker in self._tickers.values():
@@ -69,5 +69,5 @@ class TierApiActor(SupervisedMixin, pykka.ThreadingActor):
     def receive(self, message: Any) -> Any:
         ticker = self._tickers.get(type(message))
         if ticker is not None:
-            ticker.ack()
+            ticker.ack(message)
         return super().receive(message)

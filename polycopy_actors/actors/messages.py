@@ -147,13 +147,16 @@ class Ticker:
     or the actor is dead: the one way actors drive time (a handler never waits; it returns and the next
     tick comes). The thread only sends; the actor's own thread does the work.
 
-    At most one tick is outstanding: the actor calls :meth:`ack` when it handles one, and ticks that
-    fall due meanwhile (a long poll, a slow flush) are not queued behind it."""
+    At most one tick is outstanding: the actor calls :meth:`ack` when it handles the ticker's own message
+    (``message is ticker.message``: a message the actor tells itself does not count), and ticks that fall
+    due meanwhile (a long poll, a slow flush) are not queued behind it."""
 
     def __init__(self, ref: pykka.ActorRef[Any], message: Any, interval: float, name: str) -> None:
         self._stop = threading.Event()
         self._outstanding = threading.Event()
-        self._ref, self._message, self._interval = ref, message, interval
+        self._ref, self._interval = ref, interval
+        #: The one object this ticker sends (identity tells it from the same message told otherwise).
+        self.message = message
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -163,13 +166,14 @@ class Ticker:
                 continue
             self._outstanding.set()
             try:
-                self._ref.tell(self._message)
+                self._ref.tell(self.message)
             except pykka.ActorDeadError:
                 return
 
-    def ack(self) -> None:
-        """The actor took the tick (its own thread): the next one may be sent."""
-        self._outstanding.clear()
+    def ack(self, message: Any) -> None:
+        """The actor handles ``message`` (its own thread): if it is this ticker's, the next one may be sent."""
+        if message is self.message:
+            self._outstanding.clear()
 
     def stop(self) -> None:
         self._stop.set()

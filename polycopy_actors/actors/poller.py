@@ -100,6 +100,9 @@ class WalletPollerActor(TierApiActor):
         self.reasons: dict[str, str] = {}
         #: When each wallet's last read ended (monotonic): reads on demand keep the wallet's cooldown.
         self.last_read: dict[str, float] = {}
+        #: The ``Tick`` it tells itself to go on at once, and whether one is waiting in its mailbox.
+        self._kick_message = Tick()
+        self._kicked = False
 
     # --- messages -----------------------------------------------------------------------------------
 
@@ -115,6 +118,8 @@ class WalletPollerActor(TierApiActor):
         return super().receive(message)
 
     def _tick(self, message: Tick) -> None:
+        if message is self._kick_message:
+            self._kicked = False
         if self.ctx.stopping.is_set():
             return
         now = time.monotonic()
@@ -130,7 +135,14 @@ class WalletPollerActor(TierApiActor):
             return
         due = self.schedule.next_due()
         if due is not None and due <= time.monotonic():
-            self.actor_ref.tell(Tick())  # more is due: go on at once (other messages get their turn first)
+            self._kick()  # more is due: go on at once (other messages get their turn first)
+
+    def _kick(self) -> None:
+        """Tell itself a ``Tick`` now, unless one it told itself is still waiting: with the ticker's own, at
+        most two ticks are ever queued, so ``FeedHealth`` and ``Demand`` never wait behind a pile of them."""
+        if not self._kicked:
+            self._kicked = True
+            self.actor_ref.tell(self._kick_message)
 
     def _feed_health(self, message: FeedHealth) -> None:
         self.feed_until = message.until if message.until == 0 else max(self.feed_until, message.until)
@@ -156,7 +168,7 @@ class WalletPollerActor(TierApiActor):
         if self.schedule.sooner(wallet, at) or wallet not in self.reasons:
             self.reasons[wallet] = message.reason
         if at <= time.monotonic():
-            self.actor_ref.tell(Tick())
+            self._kick()
 
     def _safety_period(self, mine: int | None = None) -> float:
         """Every wallet of the process read once per period on ``safety_cycle_share`` of the budget (two

@@ -126,7 +126,7 @@ class DbReaderActor(SupervisedMixin, pykka.ThreadingActor):
 
     def _gauges(self, message: GaugeTick) -> None:
         if self._ticker is not None:
-            self._ticker.ack()
+            self._ticker.ack(message)
         try:
             lag = self._read(lambda c: queries.oldest_success_lag(c, self.tier))
             if lag is not None:

@@ -111,7 +111,7 @@ class StreamReaderActor(SupervisedMixin, pykka.ThreadingActor):
     def receive(self, message: Any) -> Any:
         if isinstance(message, WalletsOf):
             if self._ticker is not None:
-                self._ticker.ack()
+                self._ticker.ack(message)
             self._refresh()
         elif isinstance(message, ReaderFailed):
             raise RuntimeError(f"stream reader thread failed: {message.error}")

@@ -151,7 +151,7 @@ class DbWriterActor(SupervisedMixin, pykka.ThreadingActor):
 
     def _on_tick(self, message: FlushTick) -> None:
         if self._ticker is not None:
-            self._ticker.ack()
+            self._ticker.ack(message)
         if len(self.buffer) and time.monotonic() >= self.retry_at:
             self._flush()
         self._check_give_up()
